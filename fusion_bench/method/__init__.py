@@ -1,0 +1,1 @@
+"""Fusion methods: one module per algorithm, named like its config in ``config/method/``."""

@@ -1,0 +1,1 @@
+"""Model pools: a pretrained model (``_pretrained_``) plus named fine-tuned experts."""

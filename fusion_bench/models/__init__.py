@@ -1,0 +1,1 @@
+"""nn.Modules produced by fusion methods (ensembles, MoE layers, ...)."""

@@ -1,0 +1,159 @@
+"""``run(cfg) -> Report``: the only place that wires method, model pool and task pool."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fusion_bench.errors import FusionBenchError
+from fusion_bench.report import Report, average_metrics
+
+log = logging.getLogger(__name__)
+
+
+def _peak_memory_mb(fabric) -> dict[str, float]:
+    import resource
+
+    import torch
+
+    # ru_maxrss is in KiB on Linux: the process's peak resident set since it started.
+    out = {"cpu_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if fabric is not None and fabric.device.type == "cuda":
+        out["cuda_max_allocated"] = torch.cuda.max_memory_allocated(fabric.device) / 2**20
+    return out
+
+
+@contextmanager
+def _timed(timings: dict[str, float], phase: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = round(time.perf_counter() - start, 3)
+
+
+def build_fabric(fabric_cfg: Mapping[str, Any] | None, output_dir: Path | None):
+    """Lightning Fabric from the ``fabric`` config group, with the configured metric loggers."""
+    from lightning.fabric import Fabric
+
+    cfg = dict(fabric_cfg or {})
+    logger_names = cfg.pop("loggers", None) or []
+    loggers = []
+    if output_dir is not None:
+        for name in logger_names:
+            if name == "tensorboard":
+                from lightning.fabric.loggers import TensorBoardLogger
+
+                loggers.append(TensorBoardLogger(root_dir=str(output_dir), name="logs", version=""))
+            elif name == "csv":
+                from lightning.fabric.loggers import CSVLogger
+
+                loggers.append(CSVLogger(root_dir=str(output_dir), name="logs", version=""))
+            else:
+                raise FusionBenchError(
+                    f"fabric.loggers: unknown logger '{name}'; choose from tensorboard, csv"
+                )
+    try:
+        fabric = Fabric(loggers=loggers, **cfg)
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise FusionBenchError(f"fabric: cannot set up {cfg} ({e})") from None
+    fabric.launch()
+    return fabric
+
+
+def _where(cfg, group: str) -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get(group)
+    except Exception:  # not running under Hydra (e.g. called from Python)
+        choice = None
+    return f"{group} '{choice}'" if choice else group
+
+
+def run(cfg, output_dir: str | Path | None = None) -> Report:
+    """Fuse and evaluate as configured, write ``report.json`` into ``output_dir``.
+
+    Args:
+        cfg: the composed config (``method``, ``modelpool``, ``taskpool``, ``fabric``, ``seed``,
+            ``save_path``, ``report_name``).
+        output_dir: where the report and logs go (the Hydra job dir under the CLI).
+
+    Returns:
+        The report (also written to ``output_dir / report_name`` when ``output_dir`` is given).
+    """
+    from lightning.fabric.utilities.seed import seed_everything
+    from omegaconf import OmegaConf
+
+    from fusion_bench.utils.instantiate import instantiate
+
+    out = Path(output_dir) if output_dir is not None else None
+    timings: dict[str, float] = {}
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    with _timed(timings, "setup"):
+        method = instantiate(cfg.method, _where(cfg, "method"))
+        pool = instantiate(cfg.modelpool, _where(cfg, "modelpool"))
+        taskpool = instantiate(cfg.taskpool, _where(cfg, "taskpool"))
+        fabric = build_fabric(cfg.get("fabric"), out)
+        seed_everything(int(cfg.get("seed", 0)), verbose=False)
+        if fabric.device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(fabric.device)
+
+    with _timed(timings, "load"):
+        if pool.validate_models:
+            log.info("validating model pool (%d experts)", len(pool))
+            pool.validate()
+
+    with _timed(timings, "fuse"):
+        method.fabric = fabric
+        fused = method.run(pool)
+
+    if cfg.get("save_path"):
+        if isinstance(fused, Mapping):
+            raise FusionBenchError(
+                "save_path: this method returns one model per task, not a fused model; drop save_path"
+            )
+        with _timed(timings, "save"):
+            pool.save_model(fused, str(cfg.save_path))
+            log.info("saved fused model to %s", cfg.save_path)
+
+    with _timed(timings, "evaluate"):
+        metrics = taskpool.evaluate(fused, fabric=fabric)
+
+    report = Report(
+        config=resolved,
+        metrics=metrics,
+        average=average_metrics(metrics),
+        timings_s=timings,
+        peak_memory_mb=_peak_memory_mb(fabric),
+        task_metadata=taskpool.metadata(),
+        method_info=method.extra_report(),
+    )
+    for logger in fabric.loggers:
+        logger.log_hyperparams(_flat(resolved))
+    flat = {f"{task}/{k}": v for task, m in metrics.items() for k, v in m.items()}
+    flat.update({f"average/{k}": v for k, v in report.average.items()})
+    fabric.log_dict(flat)
+    for logger in fabric.loggers:
+        logger.finalize("success")
+    if out is not None:
+        report.write(out / cfg.get("report_name", "report.json"))
+    return report
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{key}/"))
+        else:
+            out[key] = v if isinstance(v, int | float | str | bool) else str(v)
+    return out

@@ -1,0 +1,1 @@
+"""Task pools: evaluate a (fused) model on a set of tasks."""

@@ -1,0 +1,1 @@
+"""Data about tasks: class names, prompt templates."""
