@@ -32,7 +32,8 @@ def print_table(report, file=None) -> None:
     Console(file=file or sys.stdout).print(table)
     t = report.timings_s
     print(
-        "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items())
+        "time: "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in t.items())
         + f" | peak RSS {report.peak_memory_mb.get('cpu_peak_rss', 0):.0f} MiB",
         file=file or sys.stdout,
     )
@@ -53,7 +54,11 @@ def _app(cfg: DictConfig) -> None:
 
     hc = HydraConfig.get()
     try:
-        report = run(cfg, output_dir=hc.runtime.output_dir)
+        run_info = {
+            "choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")},
+            "overrides": list(hc.overrides.task),
+        }
+        report = run(cfg, output_dir=hc.runtime.output_dir, run_info=run_info)
     except FusionBenchError as e:
         log.error("%s", e)
         print(f"fusion_bench: error: {e}", file=sys.stderr)

@@ -75,13 +75,16 @@ def _where(cfg, group: str) -> str:
     return f"{group} '{choice}'" if choice else group
 
 
-def run(cfg, output_dir: str | Path | None = None) -> Report:
+def run(
+    cfg, output_dir: str | Path | None = None, run_info: dict[str, Any] | None = None
+) -> Report:
     """Fuse and evaluate as configured, write ``report.json`` into ``output_dir``.
 
     Args:
         cfg: the composed config (``method``, ``modelpool``, ``taskpool``, ``fabric``, ``seed``,
             ``save_path``, ``report_name``).
         output_dir: where the report and logs go (the Hydra job dir under the CLI).
+        run_info: how the run was invoked (group choices, overrides), copied into the report.
 
     Returns:
         The report (also written to ``output_dir / report_name`` when ``output_dir`` is given).
@@ -135,6 +138,7 @@ def run(cfg, output_dir: str | Path | None = None) -> Report:
         peak_memory_mb=_peak_memory_mb(fabric),
         task_metadata=taskpool.metadata(),
         method_info=method.extra_report(),
+        run_info=dict(run_info or {}),
     )
     for logger in fabric.loggers:
         logger.log_hyperparams(_flat(resolved))

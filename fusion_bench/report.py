@@ -57,6 +57,8 @@ class Report:
     task_metadata: dict[str, Any]
     versions: dict[str, str | None] = field(default_factory=package_versions)
     method_info: dict[str, Any] = field(default_factory=dict)
+    run_info: dict[str, Any] = field(default_factory=dict)
+    """Config group choices and command-line overrides of the run (empty outside Hydra)."""
     status: str = "completed"
 
     def to_dict(self) -> dict[str, Any]:

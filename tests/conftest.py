@@ -25,13 +25,23 @@ def tiny_clip_dirs(tmp_path):
     torch.manual_seed(0)
     cfg = CLIPConfig(
         text_config=dict(
-            vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-            num_attention_heads=2, max_position_embeddings=16, eos_token_id=1, bos_token_id=0,
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            eos_token_id=1,
+            bos_token_id=0,
             pad_token_id=1,
         ),
         vision_config=dict(
-            image_size=16, patch_size=8, hidden_size=16, intermediate_size=32,
-            num_hidden_layers=2, num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
         ),
         projection_dim=8,
     )

@@ -28,7 +28,9 @@ class BaseModelPool:
 
     def __init__(self, models: Mapping[str, str], validate: bool = True) -> None:
         if not models:
-            raise FusionBenchError("the model pool is empty: give at least one entry in modelpool.models")
+            raise FusionBenchError(
+                "the model pool is empty: give at least one entry in modelpool.models"
+            )
         self.models: dict[str, str] = {str(k): str(v) for k, v in models.items()}
         self.validate_models = validate
 
@@ -73,7 +75,9 @@ class BaseModelPool:
         """State dict of model ``name`` (loads the model; subclasses may stream instead)."""
         return self.load_model(name).state_dict()
 
-    def iter_models(self, names: list[str] | None = None, desc: str = "loading") -> Iterator[tuple[str, nn.Module]]:
+    def iter_models(
+        self, names: list[str] | None = None, desc: str = "loading"
+    ) -> Iterator[tuple[str, nn.Module]]:
         """Yield ``(name, model)`` one at a time so callers can free each before the next."""
         from tqdm.auto import tqdm
 

@@ -70,7 +70,9 @@ class CLIPVisionModelPool(BaseModelPool):
                     raise FusionBenchError(
                         "_pretrained_ must be a model directory or hub id, not a state-dict file"
                     )
-                missing, unexpected = model.load_state_dict(load_state_dict_file(path), strict=False)
+                missing, unexpected = model.load_state_dict(
+                    load_state_dict_file(path), strict=False
+                )
                 if missing or unexpected:
                     key = (missing or unexpected)[0]
                     raise FusionBenchError(

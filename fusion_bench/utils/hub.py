@@ -25,7 +25,6 @@ T = TypeVar("T")
 TINY_SCHEME = "tiny://"
 
 
-
 def resolve_location(location: str) -> tuple[str, bool]:
     """Turn a config location into ``(path_or_hub_id, is_local)``.
 

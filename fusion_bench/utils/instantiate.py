@@ -59,7 +59,9 @@ def check_config(cfg: Mapping[str, Any], where: str) -> type:
             missing required parameter.
     """
     if "_target_" not in cfg:
-        raise FusionBenchError(f"{where}: the config has no _target_; pick one from its config group")
+        raise FusionBenchError(
+            f"{where}: the config has no _target_; pick one from its config group"
+        )
     for path, target in _walk_targets(cfg, ""):
         import_target(target, f"{where}{' at ' + path if path else ''}")
     cls = import_target(str(cfg["_target_"]), where)
@@ -100,6 +102,8 @@ def instantiate(cfg: Any, where: str) -> Any:
 
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     if not isinstance(container, Mapping):
-        raise FusionBenchError(f"{where}: expected a mapping with a _target_, got {type(container).__name__}")
+        raise FusionBenchError(
+            f"{where}: expected a mapping with a _target_, got {type(container).__name__}"
+        )
     check_config(container, where)
     return hydra_instantiate(container, _convert_="all")

@@ -6,7 +6,9 @@ from fusion_bench.modelpool.clip_vision import CLIPVisionModelPool
 
 
 def _pool(pre, experts, **kw):
-    return CLIPVisionModelPool({"_pretrained_": str(pre), **{k: str(v) for k, v in experts.items()}}, **kw)
+    return CLIPVisionModelPool(
+        {"_pretrained_": str(pre), **{k: str(v) for k, v in experts.items()}}, **kw
+    )
 
 
 def test_loads_vision_tower_from_full_clip_and_experts(tiny_clip_dirs):
@@ -26,8 +28,14 @@ def test_validation_names_model_and_key(tiny_clip_dirs, tmp_path):
 
     pre, experts = tiny_clip_dirs
     other = CLIPVisionModel(
-        CLIPVisionConfig(image_size=16, patch_size=8, hidden_size=16, intermediate_size=24,
-                         num_hidden_layers=2, num_attention_heads=2)
+        CLIPVisionConfig(
+            image_size=16,
+            patch_size=8,
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        )
     )
     other.save_pretrained(tmp_path / "bad")
     pool = _pool(pre, {**experts, "bad": tmp_path / "bad"})
