@@ -89,6 +89,43 @@ class BaseModelPool:
         """Save a fused model to ``path`` (``save_pretrained`` format where available)."""
         raise NotImplementedError
 
+    # -- data and task outputs for data-dependent methods --------------------------------------
+    def task_dataset(self, task: str, split: str = "train"):
+        """A torch ``Dataset`` of ``(inputs, label)`` for ``task``.
+
+        Args:
+            task: task name (usually an expert's name).
+            split: role of the data: ``"train"``, ``"validation"`` or ``"test"`` (unlabelled use,
+                e.g. test-time adaptation, must ignore the labels).
+
+        Raises:
+            FusionBenchError: this pool has no data for ``task``.
+        """
+        raise FusionBenchError(
+            f"{type(self).__name__} has no data: this method needs task data; add "
+            "modelpool.tasks.<task>.dataset=<location> entries to the model pool config"
+        )
+
+    def task_logits(self, model: nn.Module, task: str, inputs: torch.Tensor) -> torch.Tensor:
+        """Class logits ``[batch, classes]`` of ``model`` (a backbone of this pool) on ``task``."""
+        raise FusionBenchError(
+            f"{type(self).__name__} cannot compute task outputs: this method needs a pool with "
+            "task heads"
+        )
+
+    def mlp_names(self, model: nn.Module) -> list[str]:
+        """Qualified names of the Transformer MLP blocks of ``model`` (for MoE upscaling)."""
+        raise FusionBenchError(
+            f"{type(self).__name__} does not declare its MLP blocks; this method cannot use it"
+        )
+
+    def linear_names(self, model: nn.Module) -> list[str]:
+        """Qualified names of the ``nn.Linear`` layers of ``model`` that merging may treat
+        layer by layer (RegMean, SMILE). Default: every ``nn.Linear``."""
+        from torch import nn
+
+        return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
     # -- validation --------------------------------------------------------------------------
     def validate(self) -> None:
         """Check all models against the first: same keys, shapes, dtypes; finite values.

@@ -9,8 +9,9 @@ applied on top of the pretrained model's architecture. A full ``CLIPModel`` chec
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fusion_bench.constants import PRETRAINED
 from fusion_bench.errors import FusionBenchError
@@ -18,7 +19,10 @@ from fusion_bench.modelpool.base import BaseModelPool
 from fusion_bench.utils.hub import load_with_fallback, resolve_location
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
+
+    from fusion_bench.zero_shot.classifier import CLIPZeroShotClassifier
 
 _STATE_DICT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -46,10 +50,78 @@ def load_state_dict_file(path: str) -> dict:
 class CLIPVisionModelPool(BaseModelPool):
     """CLIP vision towers: ``_pretrained_`` plus one fine-tuned expert per task.
 
+    Data-dependent methods get each task's data and logits through this pool: the zero-shot
+    head of the task (from ``clip_model``'s text tower, the heads the experts were fine-tuned
+    against) on top of whatever vision tower the method is training or probing.
+
     Args:
         models: ``name -> location``.
         validate: check keys / shapes / dtypes / finiteness of all models before any work.
+        clip_model: location of the full CLIP whose text tower gives the task heads; ``None``:
+            the ``_pretrained_`` location (a full CLIP checkpoint in every shipped pool).
+        tasks: ``task -> task config`` (same keys as the task pools' task entries, plus
+            ``train_split`` / ``validation_split``): the data of data-dependent methods.
+            ``None``: the pool has no data (data-free methods only).
+        head_cache_dir: zero-shot head cache; ``None``: ``<cache_dir()>/zero_shot_heads``.
     """
+
+    def __init__(
+        self,
+        models: Mapping[str, str],
+        validate: bool = True,
+        clip_model: str | None = None,
+        tasks: Mapping[str, Mapping[str, Any]] | None = None,
+        head_cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(models, validate)
+        from fusion_bench.zero_shot.tasks import parse_task, plain
+
+        tasks = plain(tasks) or {}
+        self.tasks = {
+            str(n): parse_task(str(n), c, f"modelpool.tasks.{n}") for n, c in tasks.items()
+        }
+        self.clip_model = clip_model
+        if head_cache_dir is None:
+            from fusion_bench.constants import cache_dir
+
+            head_cache_dir = str(cache_dir() / "zero_shot_heads")
+        self.head_cache_dir = str(head_cache_dir)
+        self._classifier: CLIPZeroShotClassifier | None = None
+
+    # -- data-dependent methods ----------------------------------------------------------------
+    def classifier(self) -> CLIPZeroShotClassifier:
+        """The zero-shot classifier over this pool's tasks (nothing loads until it is used)."""
+        if self._classifier is None:
+            from fusion_bench.zero_shot.classifier import CLIPZeroShotClassifier
+
+            if not self.tasks:
+                raise FusionBenchError(
+                    "this method needs task data but the model pool has none; add "
+                    "modelpool.tasks.<task>.dataset=<location> (see config/modelpool/*.yaml)"
+                )
+            clip = self.clip_model or self.location(PRETRAINED)
+            self._classifier = CLIPZeroShotClassifier(
+                clip, self.tasks, self.head_cache_dir, "modelpool"
+            )
+        return self._classifier
+
+    def task_dataset(self, task: str, split: str = "train"):
+        """``(pixel_values, label)`` dataset of ``task``'s train / validation / test split."""
+        clf = self.classifier()
+        t = clf.task(task)
+        splits = {"train": t.train_split, "validation": t.validation_split, "test": t.split}
+        if split not in splits:
+            raise ValueError(f"split must be one of {', '.join(splits)}, got {split!r}")
+        return clf.task_data(task, splits[split])
+
+    def task_logits(self, model: nn.Module, task: str, inputs: torch.Tensor) -> torch.Tensor:
+        """Zero-shot logits of vision tower ``model`` on ``task`` for ``inputs`` (pixel values)."""
+        clf = self.classifier().to(inputs.device)
+        return clf.logits(model, inputs, clf.head_on(task, inputs.device))
+
+    def mlp_names(self, model: nn.Module) -> list[str]:
+        """The MLP of every encoder layer (``encoder.layers.<i>.mlp``)."""
+        return [n for n, _ in model.named_modules() if n.endswith(".mlp")]
 
     def _load(self, name: str, location: str) -> nn.Module:
         from transformers import CLIPVisionModel

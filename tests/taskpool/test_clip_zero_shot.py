@@ -122,7 +122,10 @@ class _Oracle(nn.Module):
         self.register_buffer("targets", (torch.linalg.pinv(w) @ head.T).T)
         # brightness of each class's images after the pool's transform
         levels = torch.tensor([40.0 + 60 * k for k in range(3)]) / 255
-        mean, std = pool._transform.transforms[-1].mean[0], pool._transform.transforms[-1].std[0]
+        mean, std = (
+            pool.classifier.transform.transforms[-1].mean[0],
+            pool.classifier.transform.transforms[-1].std[0],
+        )
         self.register_buffer("levels", (levels - mean) / std)
 
     def forward(self, pixel_values):

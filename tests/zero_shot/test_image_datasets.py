@@ -6,8 +6,8 @@ import pytest
 from clip_helpers import CLASSNAMES, make_dataset_dict
 
 from fusion_bench.errors import FusionBenchError
-from fusion_bench.taskpool import image_datasets
-from fusion_bench.taskpool.image_datasets import (
+from fusion_bench.zero_shot import image_datasets
+from fusion_bench.zero_shot.image_datasets import (
     ImageClassificationDataset,
     check_columns,
     load_image_dataset,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fusion_bench.taskpool.head_cache import ZeroShotHeadCache, head_key, text_tower_fingerprint
+from fusion_bench.zero_shot.head_cache import ZeroShotHeadCache, head_key, text_tower_fingerprint
 
 
 def _clip(clip_dir):
