@@ -148,6 +148,14 @@ def run(
     for logger in fabric.loggers:
         logger.finalize("success")
     if out is not None:
+        artifacts = method.artifacts()
+        if artifacts:
+            from safetensors.torch import save_file
+
+            # written before the report: a complete report implies complete artifacts
+            tmp = out / ".method_artifacts.safetensors.tmp"
+            save_file({k: v.detach().cpu().contiguous() for k, v in artifacts.items()}, tmp)
+            tmp.replace(out / "method_artifacts.safetensors")
         report.write(out / cfg.get("report_name", "report.json"))
     return report
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from lightning.fabric import Fabric
     from torch import nn
 
@@ -36,3 +37,16 @@ class BaseMethod:
     def extra_report(self) -> dict[str, Any]:
         """Method-specific facts for the report (e.g. parameter counts). Empty by default."""
         return {}
+
+    def artifacts(self) -> dict[str, torch.Tensor]:
+        """Learned tensors worth keeping (e.g. AdaMerging coefficients), saved by the program as
+        ``method_artifacts.safetensors`` in the run's output dir. Empty by default."""
+        return {}
+
+    def get_fabric(self) -> Fabric:
+        """The program's Fabric, or a single-process CPU Fabric when run outside the program."""
+        if self.fabric is None:
+            from lightning.fabric import Fabric
+
+            self.fabric = Fabric(accelerator="cpu", devices=1)
+        return self.fabric
