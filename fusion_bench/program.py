@@ -140,8 +140,11 @@ def run(
         method_info=method.extra_report(),
         run_info=dict(run_info or {}),
     )
+    from lightning.fabric.loggers import CSVLogger
+
     for logger in fabric.loggers:
-        logger.log_hyperparams(_flat(resolved))
+        if not isinstance(logger, CSVLogger):  # Fabric's CSV logger has no hparams file
+            logger.log_hyperparams(_flat(resolved))
     flat = {f"{task}/{k}": v for task, m in metrics.items() for k, v in m.items()}
     flat.update({f"average/{k}": v for k, v in report.average.items()})
     fabric.log_dict(flat)

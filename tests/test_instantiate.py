@@ -35,3 +35,12 @@ def test_unimportable_target():
 def test_instantiate_builds_object():
     pool = instantiate({"_target_": POOL, "models": {"_pretrained_": "x", "a": "y"}}, "modelpool")
     assert pool.names == ["a"] and pool.has_pretrained
+
+
+def test_constructor_error_surfaces_as_one_line_not_hydra_wrapper():
+    target = "fusion_bench.method.adamerging.AdaMerging"
+    with pytest.raises(FusionBenchError) as e:
+        instantiate({"_target_": target, "mode": "bogus"}, "method 'adamerging'")
+    assert str(e.value).startswith("method 'adamerging': mode must be one of")
+    assert "\n" not in str(e.value)
+    assert "Error in call to target" not in str(e.value)

@@ -106,4 +106,18 @@ def instantiate(cfg: Any, where: str) -> Any:
             f"{where}: expected a mapping with a _target_, got {type(container).__name__}"
         )
     check_config(container, where)
-    return hydra_instantiate(container, _convert_="all")
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra_instantiate(container, _convert_="all")
+    except InstantiationException as e:
+        # Hydra wraps what the constructor raised in a multi-line message; report the cause.
+        cause = e.__cause__ or e
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, FusionBenchError):
+            raise FusionBenchError(f"{where}: {cause}") from None
+        raise FusionBenchError(
+            f"{where}: building '{container.get('_target_')}' failed: "
+            f"{type(cause).__name__}: {cause}"
+        ) from cause

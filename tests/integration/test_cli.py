@@ -49,8 +49,8 @@ def test_two_point_sweep_writes_one_report_per_job(cli):
     assert len(reports) == 2
     names = sorted(p.parent.name for p in reports)
     assert names == [
-        "method.scaling_factor=0.1,method=task_arithmetic",
-        "method.scaling_factor=0.5,method=task_arithmetic",
+        "method.scaling_factor=0.1,method=task_arithmetic,taskpool.limit_batches=2",
+        "method.scaling_factor=0.5,method=task_arithmetic,taskpool.limit_batches=2",
     ]
     factors = {json.loads(p.read_text())["config"]["method"]["scaling_factor"] for p in reports}
     assert factors == {0.1, 0.5}

@@ -25,4 +25,3 @@ def test_infinite_batches_cycles_and_is_seeded():
     seen = [next(it1)[0].tolist() for _ in range(6)]
     assert seen == [next(it2)[0].tolist() for _ in range(6)]
     assert sorted(sum(seen[:3], [])) == [0.0, 1.0, 2.0, 3.0, 4.0]  # one epoch = 3 batches
-

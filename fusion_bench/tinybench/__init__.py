@@ -1,0 +1,183 @@
+"""The offline tiny 8-task CLIP benchmark (DESIGN §5), built locally on first use.
+
+A tiny CLIP is pretrained contrastively on the union of 8 small image tasks, then one vision
+tower per task is fine-tuned against the frozen zero-shot head of that task: the recipe of the
+real ``tanganke/clip-vit-*_<task>`` experts, scaled down to minutes on a CPU. The build is
+stored in the same formats as the real benchmark, so every model pool, method and task pool
+runs on it unchanged::
+
+    <cache_dir()>/tiny_clip/<profile>-seed<seed>-v<BUILD_VERSION>/
+        pretrained/          CLIPModel.save_pretrained + tokenizer + CLIPImageProcessor
+        experts/<task>/      CLIPVisionModel.save_pretrained, one per task
+        datasets/<task>/     DatasetDict.save_to_disk: train / validation / test, image + label
+        BUILD_INFO.json      profile, seed, version, parameters, timings, accuracies (written last)
+
+Configs point at it with ``tiny://<profile>/<relative path>`` (see :mod:`fusion_bench.utils.hub`).
+Importing this module is cheap; torch / transformers / datasets load only when building.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusion_bench.errors import FusionBenchError
+
+log = logging.getLogger(__name__)
+
+BUILD_VERSION = 2
+"""Bump whenever the recipe (data, model, training) changes, so old caches are not reused."""
+
+TASKS = ("digits", "scenes", "textures", "shapes", "stripes", "colors", "signs", "numerals")
+"""Task names, in benchmark order (their class names are in ``TINY_TASKS``)."""
+
+IMAGE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and training hyperparameters of a build."""
+
+    n_train: int
+    """Train images per task (pretraining uses the union over tasks)."""
+    n_val: int
+    n_test: int
+    hidden: int
+    """Width of both towers."""
+    mlp_ratio: int
+    """MLP width as a multiple of ``hidden``."""
+    layers: int
+    heads: int
+    patch: int
+    projection_dim: int
+    pretrain_steps: int
+    pretrain_batch: int
+    pretrain_lr: float
+    caption_noise: float
+    """Fraction of pretraining captions naming a random class of the same task."""
+    confused_fraction: float
+    """Fraction of each task's classes whose pretraining captions systematically name another
+    class of the task (see :func:`~fusion_bench.tinybench.train.confused_captions`)."""
+    finetune_steps: int
+    finetune_batch: int
+    finetune_lr: float
+    layer_decay: float
+    """Fine-tuning lr factor per layer below the top (1.0: the same lr everywhere)."""
+
+
+PROFILES: dict[str, Profile] = {
+    "default": Profile(
+        n_train=3000,
+        n_val=300,
+        n_test=600,
+        hidden=64,
+        mlp_ratio=4,
+        layers=2,
+        heads=4,
+        patch=8,
+        projection_dim=64,
+        pretrain_steps=1000,
+        pretrain_batch=256,
+        pretrain_lr=2e-3,
+        caption_noise=0.0,
+        confused_fraction=0.3,
+        finetune_steps=300,
+        finetune_batch=64,
+        finetune_lr=3e-3,
+        layer_decay=0.2,
+    ),
+    "smoke": Profile(
+        n_train=400,
+        n_val=50,
+        n_test=100,
+        hidden=32,
+        mlp_ratio=4,
+        layers=1,
+        heads=2,
+        patch=8,
+        projection_dim=32,
+        pretrain_steps=60,
+        pretrain_batch=128,
+        pretrain_lr=3e-3,
+        caption_noise=0.0,
+        confused_fraction=0.3,
+        finetune_steps=40,
+        finetune_batch=64,
+        finetune_lr=2e-3,
+        layer_decay=0.5,
+    ),
+}
+"""Build profiles: ``default`` (the real default job) and ``smoke`` (fast, for tests)."""
+
+
+def _profile(profile: str) -> Profile:
+    if profile not in PROFILES:
+        raise FusionBenchError(
+            f"unknown tiny-benchmark profile '{profile}'; known profiles: {', '.join(PROFILES)}"
+        )
+    return PROFILES[profile]
+
+
+def build_root(profile: str = "default", *, seed: int = 0) -> Path:
+    """Where the build of ``profile`` / ``seed`` lives (whether or not it exists yet)."""
+    from fusion_bench.constants import cache_dir
+
+    _profile(profile)
+    return cache_dir() / "tiny_clip" / f"{profile}-seed{seed}-v{BUILD_VERSION}"
+
+
+def is_complete(root: Path) -> bool:
+    """Whether ``root`` holds a finished build of the current version."""
+    try:
+        info = json.loads((root / "BUILD_INFO.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    needed = [root / "pretrained" / "config.json"]
+    needed += [root / "experts" / t / "config.json" for t in TASKS]
+    needed += [root / "datasets" / t / "dataset_dict.json" for t in TASKS]
+    return info.get("version") == BUILD_VERSION and all(p.exists() for p in needed)
+
+
+def ensure_built(profile: str = "default", *, seed: int = 0, force: bool = False) -> Path:
+    """Root directory of a complete build of ``profile``, building it first if needed.
+
+    Safe across processes: a file lock serialises builders, the build goes into a temporary
+    directory that is renamed into place, and ``BUILD_INFO.json`` (written last) marks it done.
+
+    Args:
+        profile: ``"default"`` or ``"smoke"``.
+        seed: seed of the data, initialisation and training.
+        force: rebuild even if a complete build exists.
+
+    Raises:
+        FusionBenchError: unknown profile.
+    """
+    root = build_root(profile, seed=seed)
+    if not force and is_complete(root):
+        return root
+    from filelock import FileLock, Timeout
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process building the tiny benchmark in %s", root)
+        lock.acquire()
+    try:
+        if not force and is_complete(root):  # built by whoever held the lock before us
+            return root
+        from fusion_bench.tinybench.build import build_into
+
+        log.info(
+            "building the tiny benchmark (profile %r, seed %d) into %s; this runs once",
+            profile,
+            seed,
+            root,
+        )
+        build_into(root, profile=profile, params=_profile(profile), seed=seed)
+        return root
+    finally:
+        lock.release()
