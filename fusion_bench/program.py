@@ -15,13 +15,33 @@ from fusion_bench.report import Report, average_metrics
 log = logging.getLogger(__name__)
 
 
-def _peak_memory_mb(fabric) -> dict[str, float]:
+def _reset_peak_rss() -> None:
+    """Reset this process's peak-RSS mark (Linux ``clear_refs``), so that each run of a
+    multirun measures its own peak rather than the largest of all runs so far."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux: the peak falls back to the process-lifetime ru_maxrss
+
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):  # peak RSS since start or the last reset, in kB
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _peak_memory_mb(fabric) -> dict[str, float]:
     import torch
 
-    # ru_maxrss is in KiB on Linux: the process's peak resident set since it started.
-    out = {"cpu_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    out = {"cpu_peak_rss": _peak_rss_mb()}
     if fabric is not None and fabric.device.type == "cuda":
         out["cuda_max_allocated"] = torch.cuda.max_memory_allocated(fabric.device) / 2**20
     return out
@@ -98,6 +118,7 @@ def run(
     timings: dict[str, float] = {}
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
+    _reset_peak_rss()
     with _timed(timings, "setup"):
         method = instantiate(cfg.method, _where(cfg, "method"))
         pool = instantiate(cfg.modelpool, _where(cfg, "modelpool"))
