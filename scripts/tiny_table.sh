@@ -2,7 +2,7 @@
 # Regenerate results/clip-vit-tiny_TA8.md (and the README's copy): every method in config/method/
 # with its published defaults on the offline tiny CLIP benchmark, as one Hydra multirun,
 # collected from the report.json files (about 40 minutes on 2 CPU cores, most of it in the
-# test-time-trained methods). Pass a sweep dir to reuse: bash scripts/tiny_table.sh DIR
+# test-time-trained methods). Optional argument: the sweep dir (default multirun/tiny_table).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-multirun/tiny_table}"
