@@ -56,3 +56,39 @@ def task_cfg(dataset, classnames, **extra) -> dict:
         "metadata": {"version": 1},
         **extra,
     }
+
+
+def save_perturbed_experts(clip_dir, root, seed: int = 0, keep=None) -> dict[str, str]:
+    """One vision expert per task of ``CLASSNAMES``: the tiny CLIP's vision tower plus
+    ``0.05 * N(0, 1)`` noise (generator seed ``seed + i``), saved with ``save_pretrained``
+    under ``root``. ``keep(name, module)`` limits the noise to the parameters of matching
+    modules (default: every parameter)."""
+    import torch
+    from transformers import CLIPVisionModel
+
+    out = {}
+    for i, name in enumerate(CLASSNAMES):
+        vision = CLIPVisionModel.from_pretrained(clip_dir)
+        chosen = {
+            f"{m_name}.{p_name}" if m_name else p_name
+            for m_name, module in vision.named_modules()
+            if keep is None or keep(m_name, module)
+            for p_name, _ in module.named_parameters(recurse=False)
+        }
+        g = torch.Generator().manual_seed(seed + i)
+        with torch.no_grad():
+            for key, p in vision.named_parameters():
+                if key in chosen:
+                    p.add_(0.05 * torch.randn(p.shape, generator=g))
+        vision.save_pretrained(f"{root}/{name}")
+        out[name] = f"{root}/{name}"
+    return out
+
+
+def data_pool(clip_dir, dataset_dirs, expert_dirs, head_cache_dir):
+    """A ``CLIPVisionModelPool`` over the tiny CLIP, ``expert_dirs`` and the tasks' datasets."""
+    from fusion_bench.modelpool.clip_vision import CLIPVisionModelPool
+
+    tasks = {n: task_cfg(dataset_dirs[n], c) for n, c in CLASSNAMES.items()}
+    models = {"_pretrained_": str(clip_dir), **{n: str(d) for n, d in expert_dirs.items()}}
+    return CLIPVisionModelPool(models, tasks=tasks, head_cache_dir=str(head_cache_dir))

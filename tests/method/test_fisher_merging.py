@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from clip_helpers import CLASSNAMES, task_cfg
+from clip_helpers import data_pool, save_perturbed_experts
 
 from fusion_bench.errors import FusionBenchError
 from fusion_bench.method._activations import task_examples
@@ -13,26 +13,12 @@ from fusion_bench.modelpool.clip_vision import CLIPVisionModelPool
 @pytest.fixture(scope="module")
 def expert_dirs(clip_dir, tmp_path_factory):
     """Vision experts ``a`` and ``b``: the tiny CLIP's vision tower, perturbed."""
-    from transformers import CLIPVisionModel
-
-    root = tmp_path_factory.mktemp("fisher_experts")
-    out = {}
-    for i, name in enumerate(CLASSNAMES):
-        vision = CLIPVisionModel.from_pretrained(clip_dir)
-        g = torch.Generator().manual_seed(10 + i)
-        with torch.no_grad():
-            for p in vision.parameters():
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
-        vision.save_pretrained(root / name)
-        out[name] = root / name
-    return out
+    return save_perturbed_experts(clip_dir, tmp_path_factory.mktemp("fisher_experts"), seed=10)
 
 
 @pytest.fixture
 def pool(clip_dir, dataset_dirs, expert_dirs, tmp_path):
-    tasks = {n: task_cfg(dataset_dirs[n], c) for n, c in CLASSNAMES.items()}
-    models = {"_pretrained_": str(clip_dir), **{n: str(d) for n, d in expert_dirs.items()}}
-    return CLIPVisionModelPool(models, tasks=tasks, head_cache_dir=str(tmp_path / "heads"))
+    return data_pool(clip_dir, dataset_dirs, expert_dirs, tmp_path / "heads")
 
 
 def _reference_fisher(pool, task, model, x):

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from clip_helpers import CLASSNAMES, task_cfg
+from clip_helpers import data_pool, save_perturbed_experts
 from torch import nn
 
 from fusion_bench.errors import FusionBenchError
@@ -104,26 +104,13 @@ def test_gram_collector_stops_the_forward_once_all_layers_ran():
 # -- the CLIP pool ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def expert_dirs(clip_dir, tmp_path_factory):
-    from transformers import CLIPVisionModel
-
-    root = tmp_path_factory.mktemp("regmean_experts")
-    out = {}
-    for i, name in enumerate(CLASSNAMES):
-        vision = CLIPVisionModel.from_pretrained(clip_dir)
-        g = torch.Generator().manual_seed(20 + i)
-        with torch.no_grad():
-            for p in vision.parameters():
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
-        vision.save_pretrained(root / name)
-        out[name] = root / name
-    return out
+    """Vision experts ``a`` and ``b``: the tiny CLIP's vision tower, perturbed."""
+    return save_perturbed_experts(clip_dir, tmp_path_factory.mktemp("regmean_experts"), seed=20)
 
 
 @pytest.fixture
 def clip_pool(clip_dir, dataset_dirs, expert_dirs, tmp_path):
-    tasks = {n: task_cfg(dataset_dirs[n], c) for n, c in CLASSNAMES.items()}
-    models = {"_pretrained_": str(clip_dir), **{n: str(d) for n, d in expert_dirs.items()}}
-    return CLIPVisionModelPool(models, tasks=tasks, head_cache_dir=str(tmp_path / "heads"))
+    return data_pool(clip_dir, dataset_dirs, expert_dirs, tmp_path / "heads")
 
 
 def test_clip_pool_merge_matches_hand_collected_grams(clip_pool):

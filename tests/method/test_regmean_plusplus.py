@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from clip_helpers import CLASSNAMES, task_cfg
+from clip_helpers import data_pool, save_perturbed_experts
 from torch import nn
 
 from fusion_bench.errors import FusionBenchError
@@ -12,7 +12,6 @@ from fusion_bench.merging.regmean import regmean_merge
 from fusion_bench.method.regmean import RegMean
 from fusion_bench.method.regmean_plusplus import RegMeanPlusPlus, merge_units
 from fusion_bench.modelpool.base import BaseModelPool
-from fusion_bench.modelpool.clip_vision import CLIPVisionModelPool
 
 D = 4
 
@@ -142,26 +141,13 @@ def test_the_first_layer_is_plain_regmean():
 # -- the CLIP pool ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def expert_dirs(clip_dir, tmp_path_factory):
-    from transformers import CLIPVisionModel
-
-    root = tmp_path_factory.mktemp("regmean_pp_experts")
-    out = {}
-    for i, name in enumerate(CLASSNAMES):
-        vision = CLIPVisionModel.from_pretrained(clip_dir)
-        g = torch.Generator().manual_seed(30 + i)
-        with torch.no_grad():
-            for p in vision.parameters():
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
-        vision.save_pretrained(root / name)
-        out[name] = root / name
-    return out
+    """Vision experts ``a`` and ``b``: the tiny CLIP's vision tower, perturbed."""
+    return save_perturbed_experts(clip_dir, tmp_path_factory.mktemp("regmean_pp_experts"), seed=30)
 
 
 @pytest.fixture
 def clip_pool(clip_dir, dataset_dirs, expert_dirs, tmp_path):
-    tasks = {n: task_cfg(dataset_dirs[n], c) for n, c in CLASSNAMES.items()}
-    models = {"_pretrained_": str(clip_dir), **{n: str(d) for n, d in expert_dirs.items()}}
-    return CLIPVisionModelPool(models, tasks=tasks, head_cache_dir=str(tmp_path / "heads"))
+    return data_pool(clip_dir, dataset_dirs, expert_dirs, tmp_path / "heads")
 
 
 def test_clip_pool_units_are_the_encoder_layers(clip_pool):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from clip_helpers import CLASSNAMES, task_cfg
+from clip_helpers import CLASSNAMES, data_pool, save_perturbed_experts, task_cfg
 from torch import nn
 
 from fusion_bench.errors import FusionBenchError
@@ -15,34 +15,12 @@ from fusion_bench.models.twin_moe import TwinConv, TwinEmbedding, TwinLinear, Tw
 TASKS = list(CLASSNAMES)  # "a", "b"
 
 
-def _experts(clip_dir, root, linear_only: bool) -> dict[str, str]:
-    """Perturbed copies of the tiny vision tower, saved with save_pretrained."""
-    from transformers import CLIPVisionModel
-
-    out = {}
-    for i, name in enumerate(TASKS):
-        vis = CLIPVisionModel.from_pretrained(clip_dir)
-        g = torch.Generator().manual_seed(i)
-        linear = {
-            f"{n}.{p}"
-            for n, m in vis.named_modules()
-            if isinstance(m, nn.Linear)
-            for p in ("weight", "bias")
-        }
-        with torch.no_grad():
-            for key, p in vis.named_parameters():
-                if key in linear or not linear_only:
-                    p.add_(0.05 * torch.randn(p.shape, generator=g))
-        d = root / f"{name}_{'linear' if linear_only else 'all'}"
-        vis.save_pretrained(d)
-        out[name] = str(d)
-    return out
-
-
 def _pool(clip_dir, dataset_dirs, tmp_path, linear_only=True) -> CLIPVisionModelPool:
-    tasks = {n: task_cfg(dataset_dirs[n], c) for n, c in CLASSNAMES.items()}
-    models = {"_pretrained_": str(clip_dir), **_experts(clip_dir, tmp_path, linear_only)}
-    return CLIPVisionModelPool(models, tasks=tasks, head_cache_dir=str(tmp_path / "heads"))
+    """Experts perturbed in their linear layers only, or everywhere."""
+    root = tmp_path / ("linear" if linear_only else "all")
+    keep = (lambda _, module: isinstance(module, nn.Linear)) if linear_only else None
+    experts = save_perturbed_experts(clip_dir, root, seed=0, keep=keep)
+    return data_pool(clip_dir, dataset_dirs, experts, tmp_path / "heads")
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from clip_helpers import CLASSNAMES, task_cfg
+from clip_helpers import CLASSNAMES, data_pool, save_perturbed_experts
 
 from fusion_bench.errors import FusionBenchError
 from fusion_bench.merging.prune import magnitude_prune, num_kept_entries, topk_magnitude_mask
@@ -43,21 +43,8 @@ def test_prune_random_tensor_keeps_k_largest():
 # -- the method on the tiny CLIP fixture pool --------------------------------------------------
 @pytest.fixture
 def clip_pool(clip_dir, dataset_dirs, tmp_path):
-    from transformers import CLIPVisionModel
-
-    from fusion_bench.modelpool.clip_vision import CLIPVisionModelPool
-
-    models = {"_pretrained_": str(clip_dir)}
-    for i, name in enumerate(CLASSNAMES):
-        vis = CLIPVisionModel.from_pretrained(clip_dir)
-        g = torch.Generator().manual_seed(i)
-        with torch.no_grad():
-            for p in vis.parameters():
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
-        vis.save_pretrained(tmp_path / name)
-        models[name] = str(tmp_path / name)
-    tasks = {n: task_cfg(dataset_dirs[n], c) for n, c in CLASSNAMES.items()}
-    return CLIPVisionModelPool(models, tasks=tasks, head_cache_dir=str(tmp_path / "heads"))
+    experts = save_perturbed_experts(clip_dir, tmp_path, seed=0)
+    return data_pool(clip_dir, dataset_dirs, experts, tmp_path / "heads")
 
 
 def _pixels(pool, n=4):
