@@ -42,7 +42,9 @@ def print_table(report, file=None) -> None:
 def _fmt(name: str, value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{100 * value:.1f}" if name == "accuracy" else f"{value:.4f}"
+    from fusion_bench.tables import PERCENT_METRICS
+
+    return f"{100 * value:.1f}" if name in PERCENT_METRICS else f"{value:.4f}"
 
 
 @hydra.main(config_path=str(config_dir()), config_name="fusion_bench", version_base="1.3")

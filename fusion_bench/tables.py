@@ -19,6 +19,9 @@ _SETTING_KEYS = {
 }
 _ROW_ORDER = ("dummy", "individual", "simple_ensemble")
 
+PERCENT_METRICS = frozenset({"accuracy", "score", "spearman", "parsed"})
+"""Metrics in [0, 1] (Spearman's rho: [-1, 1]) that tables show x100, as the published ones do."""
+
 
 def load_reports(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """All completed reports under the given files / directories (searched recursively)."""
@@ -59,11 +62,11 @@ def _order(report: dict[str, Any]) -> tuple[int, str]:
 def table_rows(
     reports: list[dict[str, Any]], metric: str = "accuracy"
 ) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: label, one column per task (×100 for accuracy), average, cost columns."""
+    """Header and rows: label, one column per task (×100 for PERCENT_METRICS), average, costs."""
     if not reports:
         return [], []
     tasks = list(reports[0]["metrics"])
-    scale = 100.0 if metric == "accuracy" else 1.0
+    scale = 100.0 if metric in PERCENT_METRICS else 1.0
     header = ["Method", *tasks, "Average", "fuse s", "eval s", "peak RSS MiB"]
     rows = []
     for r in sorted(reports, key=_order):

@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         text = f"# {args.title}\n\n"
         if args.command:
             text += f"Regenerate with:\n\n```bash\n{args.command}\n```\n\n"
-        what = "Top-1 accuracy (%)" if args.metric == "accuracy" else args.metric
+        what = {
+            "accuracy": "Top-1 accuracy (%)",
+            "score": "Score (%: accuracy, STS-B Spearman x100)",
+        }.get(args.metric, args.metric)
         text += f"{what} per task; time and peak memory as measured on the machine that ran it.\n\n"
         text += markdown_table(header, rows)
     if args.out:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -11,7 +11,13 @@ from fusion_bench.errors import FusionBenchError
 from fusion_bench.merging.task_arithmetic import task_vector
 from fusion_bench.method._streaming import iter_state_dicts
 from fusion_bench.method.base import BaseMethod
-from fusion_bench.models.merged import MODES, TaskVectorMergedModel, coefficient_shape
+from fusion_bench.models.merged import (
+    MODES,
+    TaskVectorMergedModel,
+    coefficient_shape,
+    tied_aliases,
+    untied_state_dict,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -23,12 +29,14 @@ COEFFICIENTS = "coefficients"
 
 
 def stack_task_vectors(
-    pool: BaseModelPool, base: Mapping[str, torch.Tensor]
+    pool: BaseModelPool, base: Mapping[str, torch.Tensor], aliases: Set[str] = frozenset()
 ) -> dict[str, torch.Tensor]:
     """``key -> [N, *shape]``: the experts' task vectors stacked along a new task axis.
 
     Experts are streamed (one state dict in memory at a time besides the stack); keys, shapes
     and dtypes are checked against ``base`` (a mismatch is a :class:`FusionBenchError`).
+    ``aliases``: names of tied tensors left out of ``base`` (see
+    :func:`~fusion_bench.models.merged.untied_state_dict`), dropped from each expert too.
     """
     n = len(pool)
     if n == 0:
@@ -36,7 +44,7 @@ def stack_task_vectors(
     stacked: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for i, (name, sd) in enumerate(iter_state_dicts(pool, desc="task vectors")):
-            tv = task_vector(sd, base, name)
+            tv = task_vector({k: v for k, v in sd.items() if k not in aliases}, base, name)
             del sd
             for k, t in tv.items():
                 if k not in stacked:
@@ -147,7 +155,7 @@ class AdaMerging(BaseMethod):
     def build(self, pool: BaseModelPool) -> TaskVectorMergedModel:
         """The functional merged model at ``init_value`` (or the loaded coefficients)."""
         model = pool.load_pretrained()
-        tvs = stack_task_vectors(pool, model.state_dict())
+        tvs = stack_task_vectors(pool, untied_state_dict(model), tied_aliases(model))
         coefficients = None
         if self.weights_path is not None:
             shape = coefficient_shape(self.mode, len(pool), len(tvs))

@@ -26,7 +26,13 @@ from fusion_bench.method.adamerging import (
     stack_task_vectors,
 )
 from fusion_bench.method.base import BaseMethod
-from fusion_bench.models.merged import MODES, TaskVectorMergedModel, coefficient_shape
+from fusion_bench.models.merged import (
+    MODES,
+    TaskVectorMergedModel,
+    coefficient_shape,
+    tied_aliases,
+    untied_state_dict,
+)
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -186,7 +192,7 @@ class ConcreteMerging(BaseMethod):
     def build(self, pool: BaseModelPool) -> TaskVectorMergedModel:
         """The masked functional merged model (logits / lambdas loaded from ``weights_path``)."""
         model = pool.load_pretrained()
-        tvs = stack_task_vectors(pool, model.state_dict())
+        tvs = stack_task_vectors(pool, untied_state_dict(model), tied_aliases(model))
         shapes = [t.shape[1:] for t in tvs.values()]
         mask = ConcreteMask(shapes, self.initial_logits, self.temperature, self.rescale, self.seed)
         coefficients = None

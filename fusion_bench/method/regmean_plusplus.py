@@ -143,7 +143,9 @@ class RegMeanPlusPlus(RegMean):
                 wrapper = TaskLogits(pool, frame, name)
 
                 def forward(x: torch.Tensor, wrapper=wrapper, params=params) -> None:
-                    functional_call(wrapper, params, (x,))
+                    # params hold every name of tied tensors (T5's embeddings), each given
+                    # its own (equal) value: tying them again would reject the duplicates
+                    functional_call(wrapper, params, (x,), tie_weights=False)
 
                 collected = self.collect_grams(
                     GramCollector(frame, unit.linears, stop_early=True), forward, data[name], fabric

@@ -160,22 +160,6 @@ class CLIPVisionModelPool(BaseModelPool):
 
     def save_model(self, model: nn.Module, path: str) -> None:
         """``save_pretrained`` (safetensors) into ``path``, written to a temp dir then renamed."""
-        import shutil
-        import tempfile
+        from fusion_bench.utils.io import save_pretrained_atomic
 
-        if not hasattr(model, "save_pretrained"):
-            raise FusionBenchError(
-                f"cannot save a {type(model).__name__} with save_pretrained; this method's output "
-                "is not a single CLIP vision model"
-            )
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-        try:
-            model.save_pretrained(tmp, safe_serialization=True)
-            if target.exists():
-                shutil.rmtree(target)
-            tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        save_pretrained_atomic(model, path)

@@ -38,13 +38,35 @@ def coefficient_shape(mode: str, num_tasks: int, num_layers: int) -> tuple[int, 
     raise FusionBenchError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
 
 
+def untied_state_dict(module: nn.Module, keep_vars: bool = False) -> dict[str, torch.Tensor]:
+    """``module.state_dict()`` without the aliases of tied tensors.
+
+    Tied tensors (T5's shared / encoder / decoder embeddings) are one parameter under several
+    names; only the first name is kept, as ``named_parameters`` does. Merging it once, under that
+    name, lets ``functional_call`` tie the aliases, so one coefficient (and one mask) drives it
+    and the merged model stays tied.
+    """
+    state = module.state_dict(keep_vars=True)
+    first_name: dict[int, str] = {}
+    keep = [k for k, v in state.items() if first_name.setdefault(id(v), k) == k]
+    if keep_vars:
+        return {k: state[k] for k in keep}
+    return {k: state[k].detach() for k in keep}
+
+
+def tied_aliases(module: nn.Module) -> set[str]:
+    """State-dict names that :func:`untied_state_dict` leaves out (later names of tied tensors)."""
+    return set(module.state_dict()) - set(untied_state_dict(module, keep_vars=True))
+
+
 class TaskVectorMergedModel(nn.Module):
     """``theta = theta_0 + m * sum_i lambda_i tau_i``, computed functionally at every forward.
 
     Args:
         base: the pretrained model; frozen and used as the architecture of ``functional_call``.
         task_vectors: ``key -> [N, *shape]`` stacked task vectors, one entry per floating-point
-            state-dict key of ``base`` (the keys task arithmetic merges).
+            key of :func:`untied_state_dict` of ``base`` (the keys task arithmetic merges, tied
+            aliases once).
         mode: ``"task_wise"`` (one lambda per task) or ``"layer_wise"`` (one per task and key).
         init_value: initial lambda (ignored when ``coefficients`` is given).
         coefficients: initial lambdas of shape :func:`coefficient_shape` instead of ``init_value``.
@@ -64,7 +86,7 @@ class TaskVectorMergedModel(nn.Module):
         mask: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        state = base.state_dict(keep_vars=True)
+        state = untied_state_dict(base, keep_vars=True)
         float_keys = [k for k, v in state.items() if v.is_floating_point()]
         if list(task_vectors) != float_keys:
             missing = [k for k in float_keys if k not in task_vectors]
@@ -86,7 +108,7 @@ class TaskVectorMergedModel(nn.Module):
         params = {n for n, _ in base.named_parameters(remove_duplicate=False)}
         # Float buffers (e.g. BatchNorm statistics) are merged like task arithmetic merges them,
         # but with detached coefficients: kernels such as batch_norm refuse gradients w.r.t. them.
-        self._is_buffer = [k not in params for k in float_keys]
+        self._is_buffer = [k not in params for k in self.keys]
         self.mode = mode
         self.clamp_weights = bool(clamp_weights)
         shape = coefficient_shape(mode, self.num_tasks, len(self.keys))

@@ -54,9 +54,10 @@ class SmileMoELinear(nn.Module):
     ``k << min(m, n)`` is cheaper than dispatching tokens expert by expert, and has no Python
     loop over tokens or experts.
 
-    The layer deliberately has no ``weight`` attribute: code that reads ``linear.weight``
+    The layer's ``weight`` is deliberately ``None``: code that computes with ``linear.weight``
     instead of calling the module (e.g. ``nn.MultiheadAttention``) must fail loudly rather
-    than silently use the pretrained weight.
+    than silently use the pretrained weight, while code that only inspects it keeps working
+    (T5's feed-forward casts its input to ``wo.weight.dtype`` only if that is a tensor).
 
     Args:
         pretrained: the pretrained ``nn.Linear`` (the shared part, kept as is).
@@ -66,6 +67,8 @@ class SmileMoELinear(nn.Module):
         bias_delta: ``[E, m]`` stacked ``b_i - b_0``; required iff ``pretrained`` has a bias.
         top_k: experts per input (``1 <= top_k <= E``).
     """
+
+    weight = None  # see the class docstring: reading it to compute fails, inspecting it works
 
     def __init__(
         self,

@@ -125,52 +125,17 @@ class CLIPZeroShotTaskPool(BaseTaskPool):
         return self.classifier.logits(model, pixel_values, head)
 
     # -- evaluation ---------------------------------------------------------------------------
-    def evaluate(
-        self, model: nn.Module | Mapping[str, nn.Module], *, fabric: Fabric | None = None
-    ) -> dict[str, dict[str, float]]:
-        """Top-1 accuracy (in [0, 1]) and mean cross-entropy of ``model`` on every task.
-
-        Args:
-            model: a vision tower, an ensemble of them (attribute ``members``), or a mapping
-                ``task -> vision tower`` evaluating each task with its own model.
-            fabric: when given, its device and autocast precision are used; otherwise CPU.
-
-        Raises:
-            FusionBenchError: a task missing from a model mapping, or a data/location problem.
-        """
-        import torch
-
-        if isinstance(model, Mapping):
-            missing = [n for n in self.tasks if n not in model]
-            if missing:
-                raise FusionBenchError(
-                    f"no model for task(s) {', '.join(missing)} in the per-task model mapping "
-                    f"(it has: {', '.join(map(str, model))})"
-                )
-        device = torch.device(fabric.device) if fabric is not None else torch.device("cpu")
-        self.prepare()
-        self.classifier.to(device)
-        results = {}
-        for name in self.tasks:
-            if isinstance(model, Mapping):
-                # Per-task experts go back where they were, so that eight of them do not pile up
-                # on the accelerator one task after another.
-                task_model = model[name]
-                home = next(iter(task_model.parameters()), torch.empty(0)).device
-                results[name] = self._evaluate_task(name, task_model, device, fabric)
-                task_model.to(home)
-            else:
-                results[name] = self._evaluate_task(name, model, device, fabric)
-        return results
-
-    def _evaluate_task(
+    def evaluate_task(
         self, name: str, model: nn.Module, device: torch.device, fabric: Fabric | None
     ) -> dict[str, float]:
+        """Top-1 accuracy (in [0, 1]) and mean cross-entropy of vision tower (or ensemble)
+        ``model`` on task ``name``."""
         import torch
         import torch.nn.functional as F
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
 
+        self.classifier.to(device)  # the text-side modules (projection, logit scale)
         t = self.classifier.task(name)
         data = self.classifier.task_data(name)
         loader = DataLoader(

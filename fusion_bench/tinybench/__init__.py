@@ -18,14 +18,10 @@ Importing this module is cheap; torch / transformers / datasets load only when b
 
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from fusion_bench.errors import FusionBenchError
-
-log = logging.getLogger(__name__)
 
 BUILD_VERSION = 2
 """Bump whenever the recipe (data, model, training) changes, so old caches are not reused."""
@@ -130,14 +126,13 @@ def build_root(profile: str = "default", *, seed: int = 0) -> Path:
 
 def is_complete(root: Path) -> bool:
     """Whether ``root`` holds a finished build of the current version."""
-    try:
-        info = json.loads((root / "BUILD_INFO.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    from fusion_bench.tinybench._cache import build_is_complete
+
+    root = Path(root)
     needed = [root / "pretrained" / "config.json"]
     needed += [root / "experts" / t / "config.json" for t in TASKS]
     needed += [root / "datasets" / t / "dataset_dict.json" for t in TASKS]
-    return info.get("version") == BUILD_VERSION and all(p.exists() for p in needed)
+    return build_is_complete(root, BUILD_VERSION, needed)
 
 
 def ensure_built(profile: str = "default", *, seed: int = 0, force: bool = False) -> Path:
@@ -154,30 +149,17 @@ def ensure_built(profile: str = "default", *, seed: int = 0, force: bool = False
     Raises:
         FusionBenchError: unknown profile.
     """
-    root = build_root(profile, seed=seed)
-    if not force and is_complete(root):
-        return root
-    from filelock import FileLock, Timeout
+    from fusion_bench.tinybench._cache import ensure_built_at
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(root) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("waiting for another process building the tiny benchmark in %s", root)
-        lock.acquire()
-    try:
-        if not force and is_complete(root):  # built by whoever held the lock before us
-            return root
+    def build(root: Path) -> None:
         from fusion_bench.tinybench.build import build_into
 
-        log.info(
-            "building the tiny benchmark (profile %r, seed %d) into %s; this runs once",
-            profile,
-            seed,
-            root,
-        )
         build_into(root, profile=profile, params=_profile(profile), seed=seed)
-        return root
-    finally:
-        lock.release()
+
+    return ensure_built_at(
+        build_root(profile, seed=seed),
+        is_complete=is_complete,
+        build=build,
+        what=f"tiny CLIP benchmark (profile {profile!r}, seed {seed})",
+        force=force,
+    )

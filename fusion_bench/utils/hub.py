@@ -2,7 +2,9 @@
 
 Every location in a config is one of
   * a local path (``/data/clip``, ``./ckpt``, ``~/models/x``) — used as it is;
-  * ``tiny://<profile>/<relative path>`` — a file of the offline tiny benchmark, built on first use;
+  * ``tiny://<profile>/<relative path>`` — a file of the offline tiny CLIP benchmark, and
+    ``tiny-text://<profile>/<relative path>`` one of the tiny text (GLUE) benchmark, built on
+    first use;
   * a Hugging Face hub id (``openai/clip-vit-base-patch32``) — the real code path.
 
 Hub ids are first tried from the local HF cache. If that misses and the hub cannot be reached,
@@ -23,6 +25,11 @@ from fusion_bench.errors import FusionBenchError
 
 T = TypeVar("T")
 TINY_SCHEME = "tiny://"
+# scheme -> module whose ``ensure_built(profile)`` returns the build's root directory
+TINY_BENCHMARKS = {
+    TINY_SCHEME: "fusion_bench.tinybench",
+    "tiny-text://": "fusion_bench.tinybench.text",
+}
 
 
 def resolve_location(location: str) -> tuple[str, bool]:
@@ -32,10 +39,12 @@ def resolve_location(location: str) -> tuple[str, bool]:
         FusionBenchError: a path-like location that does not exist.
     """
     location = str(location)
-    if location.startswith(TINY_SCHEME):
-        from fusion_bench.tinybench import ensure_built
+    scheme = next((s for s in TINY_BENCHMARKS if location.startswith(s)), None)
+    if scheme is not None:
+        import importlib
 
-        profile, _, rel = location[len(TINY_SCHEME) :].partition("/")
+        ensure_built = importlib.import_module(TINY_BENCHMARKS[scheme]).ensure_built
+        profile, _, rel = location[len(scheme) :].partition("/")
         root = ensure_built(profile or "default")
         path = root / rel
         if not path.exists():

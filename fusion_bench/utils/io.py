@@ -29,3 +29,37 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Serialise ``obj`` as indented JSON and write it atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def save_pretrained_atomic(
+    model: Any, path: str | os.PathLike, tokenizer: Any | None = None
+) -> Path:
+    """``save_pretrained`` (safetensors) of ``model`` (and ``tokenizer``) into ``path``, written
+    to a temporary sibling directory that replaces ``path`` only when complete.
+
+    Raises:
+        FusionBenchError: ``model`` has no ``save_pretrained`` (e.g. an ensemble).
+    """
+    import shutil
+
+    from fusion_bench.errors import FusionBenchError
+
+    if not hasattr(model, "save_pretrained"):
+        raise FusionBenchError(
+            f"cannot save a {type(model).__name__} with save_pretrained; this method's output "
+            "is not a single Hugging Face model"
+        )
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -104,16 +104,12 @@ class CLIPZeroShotClassifier:
 
     def load_dataset(self, name: str, split: str | None = None) -> datasets.Dataset:
         """Split ``split`` (default: the task's ``split``) of task ``name``, opened once and checked."""
-        from fusion_bench.zero_shot.image_datasets import (
-            check_columns,
-            load_image_dataset,
-            num_label_classes,
-        )
+        from fusion_bench.utils.data import check_columns, load_dataset_split, num_label_classes
 
         t = self.task(name)
         split = split or t.split
         if (name, split) not in self._datasets:
-            ds = load_image_dataset(
+            ds = load_dataset_split(
                 t.dataset,
                 split=split,
                 subset=t.subset,

@@ -74,19 +74,9 @@ def plain(obj: Any) -> Any:
 
 def parse_task(name: str, cfg: Mapping[str, Any], where: str) -> ImageTask:
     """Validate one task config (``where`` names it in errors, e.g. ``taskpool.tasks.eurosat``)."""
-    if not isinstance(cfg, Mapping):
-        raise FusionBenchError(f"{where} must be a mapping with at least 'dataset', got {cfg!r}")
-    unknown = set(cfg) - TASK_KEYS
-    if unknown:
-        raise FusionBenchError(
-            f"{where} has unknown key(s) {', '.join(sorted(unknown))}; "
-            f"allowed: {', '.join(sorted(TASK_KEYS))}"
-        )
-    if not cfg.get("dataset"):
-        raise FusionBenchError(f"{where}.dataset is missing: give a hub id or a local path")
-    metadata = cfg.get("metadata") or {}
-    if "version" not in metadata:
-        raise FusionBenchError(f"{where}.metadata.version is missing (written into every report)")
+    from fusion_bench.tasks import check_task_entry
+
+    version = check_task_entry(cfg, where, TASK_KEYS)
     classnames, templates = cfg.get("classnames"), cfg.get("templates")
     if classnames is None or templates is None:
         from fusion_bench.tasks.clip_classification import get_task
@@ -111,7 +101,7 @@ def parse_task(name: str, cfg: Mapping[str, Any], where: str) -> ImageTask:
         label_column=str(cfg.get("label_column", "label")),
         classnames=tuple(str(c) for c in classnames),
         templates=tuple(str(t) for t in templates),
-        version=metadata["version"],
+        version=version,
         train_split=str(cfg.get("train_split", "train")),
         validation_split=str(cfg.get("validation_split", "validation")),
     )

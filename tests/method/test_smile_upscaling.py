@@ -136,7 +136,10 @@ def test_layer_validation(linears):
         SmileMoELinear(pretrained, layer.u, layer.svh[:, :, :3], layer.gate, layer.bias_delta)
     with pytest.raises(FusionBenchError, match="bias"):
         SmileMoELinear(pretrained, layer.u, layer.svh, layer.gate, None)
-    assert not hasattr(layer, "weight")  # reading .weight instead of calling fails loudly
+    # computing with .weight instead of calling the layer fails loudly
+    assert layer.weight is None
+    with pytest.raises(TypeError):
+        torch.nn.functional.linear(torch.zeros(1, 4), layer.weight)
     assert "num_experts=3" in repr(layer)
 
 

@@ -6,14 +6,9 @@ import pytest
 from clip_helpers import CLASSNAMES, make_dataset_dict
 
 from fusion_bench.errors import FusionBenchError
-from fusion_bench.zero_shot import image_datasets
-from fusion_bench.zero_shot.image_datasets import (
-    ImageClassificationDataset,
-    check_columns,
-    load_image_dataset,
-    num_label_classes,
-    to_pil,
-)
+from fusion_bench.utils import data as image_datasets
+from fusion_bench.utils.data import check_columns, load_dataset_split, num_label_classes
+from fusion_bench.zero_shot.image_datasets import ImageClassificationDataset, to_pil
 
 KW = {"what": "dataset of task 't'", "hint": "taskpool.tasks.t.dataset=/path/to/dir"}
 
@@ -29,20 +24,20 @@ def _labels(ds):
 
 def test_save_to_disk_dataset_dict_picks_split(dsd, tmp_path):
     dsd.save_to_disk(tmp_path / "d")
-    ds = load_image_dataset(str(tmp_path / "d"), split="test", **KW)
+    ds = load_dataset_split(str(tmp_path / "d"), split="test", **KW)
     assert _labels(ds) == _labels(dsd["test"])
     with pytest.raises(FusionBenchError, match="no split 'validation'; splits: train, test"):
-        load_image_dataset(str(tmp_path / "d"), split="validation", **KW)
+        load_dataset_split(str(tmp_path / "d"), split="validation", **KW)
 
 
 def test_save_to_disk_single_dataset_is_the_split(dsd, tmp_path):
     dsd["test"].save_to_disk(tmp_path / "one")
-    assert len(load_image_dataset(str(tmp_path / "one"), split="test", **KW)) == 6
+    assert len(load_dataset_split(str(tmp_path / "one"), split="test", **KW)) == 6
 
 
 def test_parquet_file(dsd, tmp_path):
     dsd["test"].to_parquet(tmp_path / "x.parquet")
-    ds = load_image_dataset(str(tmp_path / "x.parquet"), split="test", **KW)
+    ds = load_dataset_split(str(tmp_path / "x.parquet"), split="test", **KW)
     assert _labels(ds) == _labels(dsd["test"])
     assert num_label_classes(ds, "label") == 3  # ClassLabel survives the parquet round trip
 
@@ -52,22 +47,22 @@ def test_parquet_dir_selects_split_files(dsd, tmp_path):
     (root / "data").mkdir(parents=True)
     dsd["train"].select(range(5)).to_parquet(root / "data" / "train-00000-of-00001.parquet")
     dsd["test"].to_parquet(root / "data" / "test-00000-of-00001.parquet")
-    assert len(load_image_dataset(str(root), split="test", **KW)) == 6
-    assert len(load_image_dataset(str(root), split="train", **KW)) == 5
+    assert len(load_dataset_split(str(root), split="test", **KW)) == 6
+    assert len(load_dataset_split(str(root), split="train", **KW)) == 5
     with pytest.raises(FusionBenchError, match="no parquet file for split 'validation'"):
-        load_image_dataset(str(root), split="validation", **KW)
+        load_dataset_split(str(root), split="validation", **KW)
 
 
 def test_parquet_dir_without_split_names_is_the_split(dsd, tmp_path):
     (tmp_path / "p").mkdir()
     dsd["test"].to_parquet(tmp_path / "p" / "part0.parquet")
     dsd["test"].to_parquet(tmp_path / "p" / "part1.parquet")
-    assert len(load_image_dataset(str(tmp_path / "p"), split="test", **KW)) == 12
+    assert len(load_dataset_split(str(tmp_path / "p"), split="test", **KW)) == 12
 
 
 def test_missing_local_path_errors(tmp_path):
     with pytest.raises(FusionBenchError, match="does not exist"):
-        load_image_dataset(str(tmp_path / "nope"), split="test", **KW)
+        load_dataset_split(str(tmp_path / "nope"), split="test", **KW)
 
 
 def test_hub_id_tries_the_cache_offline_first(monkeypatch):
@@ -82,7 +77,7 @@ def test_hub_id_tries_the_cache_offline_first(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    assert load_image_dataset("owner/name", split="test", **KW) == "cached"
+    assert load_dataset_split("owner/name", split="test", **KW) == "cached"
     assert calls == [True]  # served from the cache with the network switched off
     assert datasets.config.HF_HUB_OFFLINE is False  # and the flag restored
 
@@ -98,14 +93,14 @@ def test_hub_id_downloads_when_not_cached_and_reachable(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(image_datasets, "hub_reachable", lambda: True)
-    got = load_image_dataset("ufldl-stanford/svhn", split="test", subset="cropped_digits", **KW)
+    got = load_dataset_split("ufldl-stanford/svhn", split="test", subset="cropped_digits", **KW)
     assert got == "downloaded ufldl-stanford/svhn cropped_digits test"
 
 
 def test_hub_id_offline_not_cached_is_one_line_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FusionBenchError) as err:
-        load_image_dataset("fusion-bench-test/no-such-dataset", split="test", **KW)
+        load_dataset_split("fusion-bench-test/no-such-dataset", split="test", **KW)
     assert "\n" not in str(err.value)
     assert "fusion-bench-test/no-such-dataset" in str(err.value)
     assert KW["hint"] in str(err.value)
