@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from fusion_bench.tinybench.text import tokenizer as t5tk
+from fusion_bench.tinybench.text.train import optimise
 
 EOT = "<|endoftext|>"
 EOT_ID = 0
@@ -116,30 +117,6 @@ def _pad(seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def _loop(model, sample, *, steps: int, lr: float, weight_decay: float, gen, progress, params=None):
-    from fusion_bench.tinybench.text.train import _schedule
-
-    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    warmup = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps, warmup))
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = sample(gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if progress is not None:
-            progress.update()
-            progress.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
-    return losses
-
-
 def pretrain(model, docs: Sequence[list[int]], profile, gen: torch.Generator, progress=None):
     """Causal-LM pretraining of ``model`` in place on ``docs`` (token ids, each ending with
     ``<|endoftext|>``); returns the loss per step."""
@@ -150,7 +127,7 @@ def pretrain(model, docs: Sequence[list[int]], profile, gen: torch.Generator, pr
         labels = ids.masked_fill(mask == 0, -100)
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
-    return _loop(
+    return optimise(
         model,
         sample,
         steps=profile.gpt2_pretrain_steps,
@@ -182,7 +159,7 @@ def finetune(backbone, num_labels: int, inputs, labels, profile, gen, progress=N
         ids, mask = _pad([inputs[i] for i in idx])
         return model(input_ids=ids, attention_mask=mask, labels=y[idx]).loss
 
-    _loop(
+    optimise(
         model,
         sample,
         steps=profile.gpt2_finetune_steps,

@@ -108,16 +108,30 @@ def train_loop(
     """
     names = list(pools)
     sizes = torch.tensor([len(pools[k]) for k in names], dtype=torch.float)
-    params = [p for p in model.parameters() if p.requires_grad]
+
+    def sample(gen: torch.Generator) -> torch.Tensor:
+        pool = pools[names[int(torch.multinomial(sizes, 1, generator=gen))]]
+        idx = torch.randint(len(pool), (batch_size,), generator=gen).tolist()
+        return model(**collate([pool[i] for i in idx])).loss
+
+    return optimise(
+        model, sample, steps=steps, lr=lr, weight_decay=weight_decay, gen=gen, progress=progress
+    )
+
+
+def optimise(
+    model, sample, *, steps: int, lr: float, weight_decay: float, gen, progress, params=None
+):
+    """AdamW with warm-up + cosine schedule and grad-norm clipping 1.0 on ``params`` (default:
+    ``model``'s trainable parameters), one ``sample(gen)`` loss per step; returns the losses."""
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warmup = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps, warmup))
     model.train()
     losses = []
     for _ in range(steps):
-        pool = pools[names[int(torch.multinomial(sizes, 1, generator=gen))]]
-        idx = torch.randint(len(pool), (batch_size,), generator=gen).tolist()
-        loss = model(**collate([pool[i] for i in idx])).loss
+        loss = sample(gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
