@@ -61,16 +61,25 @@ def _app(cfg: DictConfig) -> None:
             "overrides": list(hc.overrides.task),
         }
         report = run(cfg, output_dir=hc.runtime.output_dir, run_info=run_info)
-    except FusionBenchError as e:
-        log.error("%s", e)
-        print(f"fusion_bench: error: {e}", file=sys.stderr)
-        if hc.mode == RunMode.MULTIRUN:
-            # One failed job must not stop the sweep; it is recorded in its own job dir.
-            from fusion_bench.utils.io import atomic_write_json
+    except Exception as e:
+        if hc.mode != RunMode.MULTIRUN:
+            if not isinstance(e, FusionBenchError):
+                raise  # a bug, not bad input: keep the traceback
+            log.error("%s", e)
+            print(f"fusion_bench: error: {e}", file=sys.stderr)
+            sys.exit(1)
+        # One failed cell must not stop the grid: it is recorded in its own job dir (and
+        # counted by the sweep summary); re-running the grid retries it.
+        import traceback
 
-            atomic_write_json(f"{hc.runtime.output_dir}/error.json", {"error": str(e)})
-            return
-        sys.exit(1)
+        from fusion_bench.utils.io import atomic_write_json
+
+        message = str(e) if isinstance(e, FusionBenchError) else f"{type(e).__name__}: {e}"
+        log.error("%s", message)
+        print(f"fusion_bench: error: {message}", file=sys.stderr)
+        record = {"error": message, "type": type(e).__name__, "traceback": traceback.format_exc()}
+        atomic_write_json(f"{hc.runtime.output_dir}/error.json", record)
+        return
     print_table(report)
     print(f"report: {hc.runtime.output_dir}/{cfg.get('report_name', 'report.json')}")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fusion_bench.errors import FusionBenchError
-from fusion_bench.report import Report, average_metrics
+from fusion_bench.report import Report, average_metrics, completed_report, config_key
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,11 @@ def run(
     out = Path(output_dir) if output_dir is not None else None
     timings: dict[str, float] = {}
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    key = config_key(resolved)
+    if out is not None:
+        done = _resume(out, cfg, key)
+        if done is not None:
+            return done
 
     _reset_peak_rss()
     with _timed(timings, "setup"):
@@ -160,6 +165,7 @@ def run(
         task_metadata=taskpool.metadata(),
         method_info=method.extra_report(),
         run_info=dict(run_info or {}),
+        config_key=key,
     )
     from lightning.fabric.loggers import CSVLogger
 
@@ -182,6 +188,25 @@ def run(
             tmp.replace(out / "method_artifacts.safetensors")
         report.write(out / cfg.get("report_name", "report.json"))
     return report
+
+
+def _resume(out: Path, cfg, key: str) -> Report | None:
+    """The complete report of this config in ``out`` (the cell is done), else ``None`` after
+    removing what an earlier attempt left: a report of another config, an error record.
+
+    With ``skip_completed=false`` the cell always runs again (its report is replaced).
+    """
+    path = out / cfg.get("report_name", "report.json")
+    if cfg.get("skip_completed", True):
+        done = completed_report(path, key)
+        if done is not None:
+            log.info("%s is complete for this config: skipping the run", path)
+            return done
+    if path.exists():
+        log.warning("%s is stale (another config or incomplete): running again", path)
+        path.unlink()
+    (out / "error.json").unlink(missing_ok=True)
+    return None
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -37,6 +37,44 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+_KEY_EXCLUDED = frozenset({"skip_completed"})
+"""Root keys that do not change a run's result (how to schedule it, not what it computes)."""
+
+
+def config_key(resolved: dict[str, Any]) -> str:
+    """SHA-256 of the resolved config (canonical JSON, without :data:`_KEY_EXCLUDED` keys).
+
+    It identifies what a grid cell computes: a cell is skipped when its report carries the
+    same key, and re-run when the config changed (e.g. an edited method default). Package
+    versions are recorded in the report but are not part of the key.
+    """
+    import hashlib
+    import json
+
+    kept = {k: v for k, v in resolved.items() if k not in _KEY_EXCLUDED}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def completed_report(path: str | Path, key: str) -> Report | None:
+    """The report at ``path`` if it is complete and was computed from config ``key``."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None  # missing, or unreadable: the cell is not done
+    if not isinstance(data, dict) or data.get("status") != "completed":
+        return None
+    if data.get("config_key") != key:
+        return None
+    known = {f for f in Report.__dataclass_fields__}
+    try:
+        return Report(**{k: v for k, v in data.items() if k in known})
+    except TypeError:  # written by a version with other required fields
+        return None
+
+
 def average_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
     """Mean over tasks of every metric that all tasks report."""
     if not metrics:
@@ -60,6 +98,8 @@ class Report:
     run_info: dict[str, Any] = field(default_factory=dict)
     """Config group choices and command-line overrides of the run (empty outside Hydra)."""
     status: str = "completed"
+    config_key: str = ""
+    """:func:`config_key` of :attr:`config`: a grid cell whose report has the same key is done."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

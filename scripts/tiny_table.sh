@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# Regenerate results/clip-vit-tiny_TA8.md (and the README's copy): every method in config/method/
-# with its published defaults on the offline tiny CLIP benchmark, as one Hydra multirun,
-# collected from the report.json files (about 40 minutes on 2 CPU cores, most of it in the
-# test-time-trained methods). Optional argument: the sweep dir (default multirun/tiny_table).
+# Regenerate results/clip-vit-tiny_TA8.md (and the README's copy, and the plots in
+# results/plots/clip-vit-tiny_TA8/): every implemented method with its published defaults on the
+# offline tiny CLIP benchmark, as the grid config/experiment/tiny_clip_TA8.yaml (about 40
+# minutes on 2 CPU cores from nothing, most of it in the test-time-trained methods). The grid
+# resumes: cells whose complete report exists are skipped, so running this again does no work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-multirun/tiny_table}"
-rm -rf "$out"
-methods=$(find config/method -name '*.yaml' -printf '%f\n' | sed 's/\.yaml$//' | sort | paste -sd, -)
-fusion_bench -m "method=$methods" hydra.sweep.dir="$out"
-python scripts/collect_reports.py "$out" -o results/clip-vit-tiny_TA8.md \
+fusion_bench -m experiment=tiny_clip_TA8
+python scripts/collect_reports.py multirun/experiment/tiny_clip_TA8 -o results/clip-vit-tiny_TA8.md \
   --title "Offline tiny CLIP benchmark, 8 tasks (modelpool=clip-vit-tiny, taskpool=clip-vit-tiny_TA8)" \
-  --command "bash scripts/tiny_table.sh" --readme-block tiny-results
+  --command "bash scripts/tiny_table.sh" --readme-block tiny-results \
+  --plots results/plots/clip-vit-tiny_TA8

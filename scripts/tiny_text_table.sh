@@ -3,13 +3,13 @@
 # results/gpt2-tiny_glue.md: the methods that apply to language models, with their published
 # defaults, on the offline tiny text benchmark (one Hydra multirun per pool, collected from the
 # report.json files). simple_ensemble (no text generation) and the Concrete / Twin methods are
-# left out. Optional argument: the parent dir of the sweeps (default multirun/tiny_text).
+# left out (no generation; Concrete and Twin not yet wired to text pools). Optional argument: the parent dir of the sweeps (default multirun/tiny_text).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-multirun/tiny_text}"
 rm -rf "$out"
 common="dummy,individual,simple_average,task_arithmetic,ties_merging,dare_task_arithmetic"
-common="$common,model_stock,fisher_merging,regmean,adamerging,weight_ensembling_moe,smile_upscaling"
+common="$common,model_stock,fisher_merging,regmean,regmean_plusplus,adamerging,weight_ensembling_moe,smile_upscaling"
 run() { # pool taskpool methods metric title
   fusion_bench -m "method=$3" "modelpool=$1" "taskpool=$2" hydra.sweep.dir="$out/$1"
   python scripts/collect_reports.py "$out/$1" -o "results/$1.md" --metric "$4" \

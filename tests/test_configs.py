@@ -15,7 +15,11 @@ GROUPS = ("method", "modelpool", "taskpool", "fabric")
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    """Every option of ``group``. Method presets live in subdirectories (``gpt2/regmean``); the
+    task pools' subdirectories hold per-task configs, not options."""
+    root = config_dir() / group
+    pattern = "**/*.yaml" if group == "method" else "*.yaml"
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.glob(pattern))
 
 
 def _compose(*overrides: str):
@@ -35,7 +39,8 @@ def test_default_config_composes():
 
 
 @pytest.mark.parametrize(
-    "group,option", [(g, o) for g in ("method", "modelpool", "taskpool") for o in _options(g)]
+    "group,option",
+    [(g, o) for g in ("method", "modelpool", "taskpool") for o in _options(g)],
 )
 def test_group_option_binds_to_target(group, option):
     cfg = _compose(f"{group}={option}")
@@ -68,7 +73,30 @@ def test_help_lists_groups_and_options():
         timeout=120,
         check=True,
     ).stdout
-    for group in ("method", "modelpool", "taskpool", "fabric"):
-        assert f"{group}:" in out
+    lines = {
+        line.split(":")[0]: line.split(":", 1)[1].split(", ")
+        for line in out.splitlines()
+        if ": " in line
+    }
+    for group in ("method", "modelpool", "taskpool", "fabric", "experiment"):
         for option in _options(group):
-            assert option in out
+            subgroup, _, name = f"{group}/{option}".rpartition("/")  # method/gpt2/regmean
+            assert name in [o.strip() for o in lines[subgroup]], (subgroup, name)
+
+
+@pytest.mark.parametrize("name", _options("experiment"))
+def test_experiment_is_a_grid_of_existing_options(name):
+    """Each experiment starts with its command, composes, sweeps existing methods only and
+    writes into its own fixed sweep dir (so that running it again resumes it)."""
+    text = (config_dir() / "experiment" / f"{name}.yaml").read_text()
+    assert text.startswith("# @package _global_\n")
+    assert f"fusion_bench -m experiment={name}\n" in text
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("fusion_bench", overrides=[f"experiment={name}"], return_hydra_config=True)
+    methods = cfg.hydra.sweeper.params.method.split(",")
+    assert methods and set(methods) <= set(_options("method")), set(methods) - set(
+        _options("method")
+    )
+    assert cfg.hydra.sweep.dir == f"multirun/experiment/{name}"
+    for group in ("modelpool", "taskpool"):
+        assert cfg.hydra.runtime.choices[group] in _options(group)

@@ -60,19 +60,25 @@ def task_examples(
 
 
 class TaskLogits(nn.Module):
-    """``forward(x) = pool.task_logits(self.model, task, x)``: a backbone plus its task head.
+    """``forward(x) = pool.task_logits(self.model, task, x)``: a backbone plus its task head
+    (with ``activations=True``: ``pool.activation_forward``, the pass RegMean collects from).
 
     Its parameters are the backbone's, prefixed by ``model.``; the pool's head is not a
     submodule (it is fixed, never merged).
     """
 
-    def __init__(self, pool: BaseModelPool, model: nn.Module, task: str) -> None:
+    def __init__(
+        self, pool: BaseModelPool, model: nn.Module, task: str, activations: bool = False
+    ) -> None:
         super().__init__()
         self.model = model
         self.task = task
+        self.activations = activations
         object.__setattr__(self, "_pool", pool)  # a plain attribute, not a submodule
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor) -> Any:
+        if self.activations:
+            return self._pool.activation_forward(self.model, self.task, inputs)
         return self._pool.task_logits(self.model, self.task, inputs)
 
 

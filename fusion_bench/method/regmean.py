@@ -121,7 +121,7 @@ class RegMean(BaseMethod):
                     linears.extend(pool.linear_names(model))
                 grams = self.collect_grams(
                     GramCollector(model, linears),
-                    TaskLogits(pool, model, name),
+                    TaskLogits(pool, model, name, activations=True),
                     self.examples(pool, name),
                     fabric,
                 )

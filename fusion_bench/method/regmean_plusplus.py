@@ -140,7 +140,7 @@ class RegMeanPlusPlus(RegMean):
             for name in names:
                 # merged units < l (and non-unit tensors) + expert i's unit l and later units
                 params = {_PREFIX + k: v for k, v in {**pending[name], **merged}.items()}
-                wrapper = TaskLogits(pool, frame, name)
+                wrapper = TaskLogits(pool, frame, name, activations=True)
 
                 def forward(x: torch.Tensor, wrapper=wrapper, params=params) -> None:
                     # params hold every name of tied tensors (T5's embeddings), each given

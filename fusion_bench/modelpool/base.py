@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fusion_bench.constants import PRETRAINED
 from fusion_bench.errors import FusionBenchError
@@ -112,6 +112,12 @@ class BaseModelPool:
             f"{type(self).__name__} cannot compute task outputs: this method needs a pool with "
             "task heads"
         )
+
+    def activation_forward(self, model: nn.Module, task: str, inputs: torch.Tensor) -> Any:
+        """The forward pass whose layer inputs are a task's activation statistics (RegMean's
+        Gram matrices). Default: :meth:`task_logits`; sequence models override it to run the
+        whole target sequence (teacher forcing) when ``inputs`` carry it."""
+        return self.task_logits(model, task, inputs)
 
     def mlp_names(self, model: nn.Module) -> list[str]:
         """Qualified names of the Transformer MLP blocks of ``model`` (for MoE upscaling)."""

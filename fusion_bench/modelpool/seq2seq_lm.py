@@ -21,10 +21,12 @@ evaluated linearised (its ``generate`` decodes greedily without a KV cache).
 Data-dependent methods see each GLUE task through this pool (the pool's adapter for T5):
 
 - ``task_dataset(task, split)``: ``(inputs, label)`` with ``inputs = [input_ids; attention_mask]``
-  (``[2, length]``) of the task's prompts;
+  (``[2, length]``) of the task's prompts, plus the verbalised label's ids and mask (``[4,
+  length]``) on labelled splits (not ``test``);
 - ``task_logits(model, task, inputs)``: the first decoding step's logits restricted to the first
   token of each label word (STS-B: of the scores 0.0 .. 5.0), the distribution the model's answer
   starts with;
+- ``activation_forward``: teacher-forced forward on prompt and label (RegMean statistics);
 - ``mlp_names``: every feed-forward block (``...DenseReluDense``) of encoder and decoder;
 - ``linear_names``: every ``nn.Linear`` but the output head ``lm_head``.
 """
@@ -288,7 +290,10 @@ class Seq2SeqLMPool(BaseModelPool):
         ds = tokenize_seq2seq(
             ds, cfg, tok, max_length=self.max_input_length, cache_dir=self.cache_dir
         )
-        return PaddedTextDataset(ds, tok.pad_token_id, cfg.label_column)
+        # labelled splits carry the targets (teacher-forced activation statistics); the test
+        # split, used unlabelled by test-time methods, does not
+        targets = split != "test"
+        return PaddedTextDataset(ds, tok.pad_token_id, cfg.label_column, targets=targets)
 
     def class_token_ids(self, task: str) -> list[int]:
         """First token id of each class's target text (STS-B: of the scores 0.0 .. 5.0)."""
@@ -336,6 +341,26 @@ class Seq2SeqLMPool(BaseModelPool):
         out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)
         index = torch.tensor(self.class_token_ids(task), device=ids.device)
         return out.logits[:, 0, :].index_select(-1, index)
+
+    def activation_forward(self, model: nn.Module, task: str, inputs: torch.Tensor) -> Any:
+        """Teacher-forced forward on the prompt and its verbalised label (as in fine-tuning and
+        in RegMean's seq2seq statistics): the decoder runs on ``[start] + target[:-1]``, so its
+        layers see every target position, not only the identical first step. Inputs without
+        target rows (test split) fall back to :meth:`task_logits`."""
+        import torch
+
+        if inputs.shape[1] < 4:
+            return self.task_logits(model, task, inputs)
+        ids, mask, target, target_mask = inputs.unbind(1)
+        start = torch.full_like(target[:, :1], self.decoder_start_token_id())
+        decoder_ids = torch.cat([start, target[:, :-1]], dim=1)
+        decoder_mask = torch.cat([torch.ones_like(start), target_mask[:, :-1]], dim=1)
+        return model(
+            input_ids=ids,
+            attention_mask=mask,
+            decoder_input_ids=decoder_ids,
+            decoder_attention_mask=decoder_mask,
+        ).logits
 
     def mlp_names(self, model: nn.Module) -> list[str]:
         """The feed-forward block of every encoder and decoder layer."""

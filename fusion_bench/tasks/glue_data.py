@@ -266,17 +266,32 @@ class PaddedTextDataset:
     the prompt's token ids and attention mask, right-padded to the dataset's longest prompt so
     that the default DataLoader collation stacks them.
 
+    With ``targets=True`` (a dataset from :func:`tokenize_seq2seq`) ``inputs`` is
+    ``[4, length]``: rows 2 and 3 hold the verbalised label's token ids and their mask, for
+    teacher-forced forward passes (``length`` then also covers the longest target).
+
     Args:
         ds: a dataset tokenised by :func:`tokenize_seq2seq` or :func:`tokenize_classification`.
         pad_id: the tokenizer's padding id.
         label_column: column of the gold labels (class ids, or STS-B scores).
+        targets: add the target rows (needs the ``target_ids`` column).
     """
 
-    def __init__(self, ds: datasets.Dataset, pad_id: int, label_column: str = "label") -> None:
-        self.ds = ds.select_columns(["input_ids", label_column])
+    def __init__(
+        self,
+        ds: datasets.Dataset,
+        pad_id: int,
+        label_column: str = "label",
+        targets: bool = False,
+    ) -> None:
+        columns = ["input_ids", label_column] + (["target_ids"] if targets else [])
+        self.ds = ds.select_columns(columns)
         self.label_column = label_column
+        self.targets = targets
         self.pad_id = int(pad_id)
         self.length = max((len(x) for x in self.ds["input_ids"]), default=1)
+        if targets:
+            self.length = max(self.length, max((len(x) for x in self.ds["target_ids"]), default=1))
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -285,9 +300,10 @@ class PaddedTextDataset:
         import torch
 
         row = self.ds[int(index)]
-        ids = row["input_ids"]
-        out = torch.full((2, self.length), self.pad_id, dtype=torch.long)
-        out[1].zero_()
-        out[0, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        out[1, : len(ids)] = 1
+        sequences = [row["input_ids"]] + ([row["target_ids"]] if self.targets else [])
+        out = torch.zeros((2 * len(sequences), self.length), dtype=torch.long)
+        for i, ids in enumerate(sequences):
+            out[2 * i].fill_(self.pad_id)
+            out[2 * i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            out[2 * i + 1, : len(ids)] = 1
         return out, row[self.label_column]

@@ -20,9 +20,13 @@ def cli(cache_dir, tmp_path):
     exe = shutil.which("fusion_bench") or str(Path(sys.executable).parent / "fusion_bench")
 
     def _run(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-        env = {**os.environ, "FUSION_BENCH_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1"}
         proc = subprocess.run(
-            [exe, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+            [exe, *args],
+            cwd=tmp_path,
+            env=_run.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if check and proc.returncode != 0:
             raise AssertionError(
@@ -32,4 +36,6 @@ def cli(cache_dir, tmp_path):
         return proc
 
     _run.cwd = tmp_path
+    _run.exe = exe
+    _run.env = {**os.environ, "FUSION_BENCH_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1"}
     return _run

@@ -71,12 +71,22 @@ def test_task_data_and_logits_over_label_words(tmp_path):
     pool = Seq2SeqLMPool({"_pretrained_": pre, **experts}, tasks=tasks, cache_dir=str(tmp_path))
     ds = pool.task_dataset("cola", "train")
     inputs, label = ds[0]
-    assert inputs.shape == (2, ds.length) and inputs.dtype == torch.long and label == 1
-    # the mask covers exactly the prompt's tokens; padding uses the pad id
-    mask = inputs[1]
-    n = int(mask.sum())
-    assert n == len(ds.ds[0]["input_ids"])
-    assert torch.all(inputs[0, n:] == pool.tokenizer().pad_token_id) and torch.all(mask[:n] == 1)
+    # labelled split: prompt ids + mask, then the verbalised label's ids + mask
+    assert inputs.shape == (4, ds.length) and inputs.dtype == torch.long and label == 1
+    pad = pool.tokenizer().pad_token_id
+    for row, column in ((0, "input_ids"), (2, "target_ids")):
+        mask = inputs[row + 1]
+        n = int(mask.sum())
+        assert n == len(ds.ds[0][column])
+        assert torch.equal(inputs[row, :n], torch.tensor(ds.ds[0][column]))
+        assert torch.all(inputs[row, n:] == pad) and torch.all(mask[:n] == 1)
+    assert pool.tokenizer().decode(ds.ds[0]["target_ids"], skip_special_tokens=True) == (
+        "acceptable"
+    )
+    test_inputs = pool.task_dataset("cola", "test")[0][0]  # unlabelled use: no targets
+    assert test_inputs.shape[0] == 2 and torch.equal(
+        test_inputs[:2], inputs[:2, : test_inputs.shape[1]]
+    )
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     model = pool.load_model("cola")
     logits = pool.task_logits(model, "cola", x)
@@ -91,6 +101,15 @@ def test_task_data_and_logits_over_label_words(tmp_path):
     ).logits[:, 0]
     assert torch.allclose(logits, full[:, ids])
     assert pool.task_logits(model, "stsb", x).shape == (2, 6)  # scores 0.0 .. 5.0
+    # teacher forcing = what HF computes from labels (shifted right, padding ignored)
+    labels = x[:, 2].masked_fill(x[:, 3] == 0, -100)
+    forced = pool.activation_forward(model, "cola", x)
+    reference = model(input_ids=x[:, 0], attention_mask=x[:, 1], labels=labels).logits
+    real = x[:, 3].bool()
+    assert forced.shape[1] == x.shape[2] and torch.allclose(
+        forced[real], reference[real], atol=1e-6
+    )
+    assert torch.equal(pool.activation_forward(model, "cola", x[:, :2]), logits)  # no targets
     with pytest.raises(FusionBenchError, match="no validation split"):
         pool.task_dataset("cola", "validation")
 
