@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
 
 from fusion_bench.constants import config_dir
 from fusion_bench.errors import FusionBenchError
+
+if TYPE_CHECKING:
+    from fusion_bench.report import Report
 
 log = logging.getLogger("fusion_bench")
 
@@ -47,8 +52,41 @@ def _fmt(name: str, value: float | None) -> str:
     return f"{100 * value:.1f}" if name in PERCENT_METRICS else f"{value:.4f}"
 
 
+def objective_value(average: Mapping[str, float], metric: str | None) -> float | None:
+    """The value a run returns to Hydra's sweeper: its average of ``metric`` over tasks.
+
+    Args:
+        average: the report's ``average`` (``{metric: mean over tasks}``).
+        metric: the root key ``objective`` (e.g. ``accuracy``); ``None``: no objective.
+
+    Returns:
+        The average as a float, or ``None`` when there is no objective or the run lacks that
+        metric (the Optuna sweeper records a ``None`` as a failed trial, never as a score).
+    """
+    if metric is None or average.get(metric) is None:
+        return None
+    return float(average[metric])
+
+
+def _objective(report: Report, cfg: DictConfig, multirun: bool) -> float | None:
+    """:func:`objective_value` of ``report`` for ``cfg.objective``, logging a missing metric."""
+    metric = cfg.get("objective")
+    value = objective_value(report.average, metric)
+    if value is None and metric is not None and multirun:
+        # Only a sweeper reads the return value, so a single run does not warn about it.
+        log.warning(
+            "objective '%s': this run has no average '%s' (it has: %s); returning None, which "
+            "an Optuna trial counts as failed; set objective=<one of them>",
+            metric,
+            metric,
+            ", ".join(sorted(report.average)) or "none",
+        )
+    return value
+
+
 @hydra.main(config_path=str(config_dir()), config_name="fusion_bench", version_base="1.3")
-def _app(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> float | None:
+    """One run; returns its objective (see :func:`objective_value`) for Hydra's sweeper."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -79,9 +117,13 @@ def _app(cfg: DictConfig) -> None:
         print(f"fusion_bench: error: {message}", file=sys.stderr)
         record = {"error": message, "type": type(e).__name__, "traceback": traceback.format_exc()}
         atomic_write_json(f"{hc.runtime.output_dir}/error.json", record)
-        return
-    print_table(report)
-    print(f"report: {hc.runtime.output_dir}/{cfg.get('report_name', 'report.json')}")
+        return None  # the Optuna sweeper records a failed trial and goes on
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # under DDP every rank holds the same report; show it once
+        print_table(report)
+        print(f"report: {hc.runtime.output_dir}/{cfg.get('report_name', 'report.json')}")
+    return _objective(report, cfg, hc.mode == RunMode.MULTIRUN)
 
 
 def main() -> None:

@@ -81,8 +81,37 @@ def build_fabric(fabric_cfg: Mapping[str, Any] | None, output_dir: Path | None):
         fabric = Fabric(loggers=loggers, **cfg)
     except (ValueError, RuntimeError, TypeError) as e:
         raise FusionBenchError(f"fabric: cannot set up {cfg} ({e})") from None
+    if _starts_own_processes(fabric) and _in_hydra_multirun():
+        raise FusionBenchError(
+            f"fabric: {fabric.world_size} processes cannot be started inside a Hydra multirun "
+            "(-m): Lightning starts ranks 1.. by re-running the command line, which here is the "
+            "whole sweep. Run each cell on its own (without -m), or on Slurm use "
+            f"hydra/launcher=submitit_slurm with hydra.launcher.tasks_per_node={fabric.world_size} "
+            "(Slurm starts the ranks)"
+        )
+    # With strategy=ddp this starts ranks 1.. (Lightning re-runs the command with the same
+    # hydra.run.dir) and joins the process group; every rank then runs all of ``run``.
     fabric.launch()
     return fabric
+
+
+def _starts_own_processes(fabric) -> bool:
+    """Whether ``fabric.launch()`` would start the other ranks itself (rather than a scheduler
+    such as Slurm, or ``torchrun``, having started every rank already)."""
+    strategy = fabric.strategy
+    env = getattr(strategy, "cluster_environment", None)
+    external = env is not None and env.creates_processes_externally
+    return fabric.world_size > 1 and strategy.launcher is not None and not external
+
+
+def _in_hydra_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # not running under Hydra (e.g. called from Python)
+        return False
 
 
 def _where(cfg, group: str) -> str:
@@ -149,9 +178,10 @@ def run(
             raise FusionBenchError(
                 "save_path: this method returns one model per task, not a fused model; drop save_path"
             )
-        with _timed(timings, "save"):
-            pool.save_model(fused, str(cfg.save_path))
-            log.info("saved fused model to %s", cfg.save_path)
+        if fabric.is_global_zero:  # every rank holds the same fused model: one writer
+            with _timed(timings, "save"):
+                pool.save_model(fused, str(cfg.save_path))
+                log.info("saved fused model to %s", cfg.save_path)
 
     with _timed(timings, "evaluate"):
         metrics = taskpool.evaluate(fused, fabric=fabric)
@@ -177,7 +207,10 @@ def run(
     fabric.log_dict(flat)
     for logger in fabric.loggers:
         logger.finalize("success")
-    if out is not None:
+    # Under DDP every rank reaches this point with the same metrics (the task pool reduced them)
+    # and the same method state; rank 0 alone writes, so no file is written twice or torn.
+    # (Fabric's loggers above already log from rank 0 only.)
+    if out is not None and fabric.is_global_zero:
         artifacts = method.artifacts()
         if artifacts:
             from safetensors.torch import save_file

@@ -37,8 +37,9 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-_KEY_EXCLUDED = frozenset({"skip_completed"})
-"""Root keys that do not change a run's result (how to schedule it, not what it computes)."""
+_KEY_EXCLUDED = frozenset({"skip_completed", "objective"})
+"""Root keys that do not change a run's result (how to schedule it, or what a sweeper reads
+from it: ``objective``), not what it computes."""
 
 
 def config_key(resolved: dict[str, Any]) -> str:

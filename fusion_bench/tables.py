@@ -20,6 +20,8 @@ _SETTING_KEYS = {
     "modelpool",
     "taskpool",
     "tiny_profile",
+    "objective",
+    "skip_completed",
     "fabric",
     "seed",
     "save_path",

@@ -87,13 +87,26 @@ def test_help_lists_groups_and_options():
 @pytest.mark.parametrize("name", _options("experiment"))
 def test_experiment_is_a_grid_of_existing_options(name):
     """Each experiment starts with its command, composes, sweeps existing methods only and
-    writes into its own fixed sweep dir (so that running it again resumes it)."""
+    writes into its own fixed sweep dir (so that running it again resumes it). A tuning
+    experiment (one that evaluates on ``taskpool.split=validation``) sweeps hyperparameters of
+    its one method instead, each an existing key of that method's config."""
     text = (config_dir() / "experiment" / f"{name}.yaml").read_text()
     assert text.startswith("# @package _global_\n")
     assert f"fusion_bench -m experiment={name}\n" in text
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("fusion_bench", overrides=[f"experiment={name}"], return_hydra_config=True)
-    methods = cfg.hydra.sweeper.params.method.split(",")
+    params = cfg.hydra.sweeper.params
+    if cfg.taskpool.get("split") == "validation":
+        assert "scripts/select_hparam.py" in text  # the tuning's second step: test evaluation
+        assert "method" not in params and params, "a tuning experiment sweeps one method"
+        for key in params:
+            head, _, leaf = key.partition(".")
+            assert head == "method" and leaf in cfg.method, key
+        methods = [cfg.hydra.runtime.choices.method]
+        if cfg.hydra.sweeper._target_.endswith("OptunaSweeper"):  # reruns propose the same trials
+            assert cfg.hydra.sweeper.sampler.seed is not None and cfg.objective
+    else:
+        methods = params.method.split(",")
     assert methods and set(methods) <= set(_options("method")), set(methods) - set(
         _options("method")
     )

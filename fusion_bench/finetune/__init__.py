@@ -1,17 +1,27 @@
-"""Fine-tuning of experts: LoRA and linearised LoRA (L-LoRA) on text-to-text GLUE tasks.
+"""Fine-tuning of experts.
 
-See :mod:`fusion_bench.finetune.lora`. Importing this package is cheap (no torch / transformers
-at import time).
+* :mod:`fusion_bench.finetune.clip_vision`: a CLIP vision tower against a frozen zero-shot head,
+  the recipe of the CLIP experts (``scripts/finetune_clip.py``; the tiny benchmark's builder).
+* :mod:`fusion_bench.finetune.lora`: LoRA and linearised LoRA (L-LoRA) on text-to-text GLUE
+  tasks.
+
+Importing this package is cheap (no torch / transformers at import time).
 """
 
 from __future__ import annotations
 
-__all__ = ["finetune_lora", "save_finetuned"]
+_EXPORTS = {
+    "finetune_vision": "clip_vision",
+    "finetune_lora": "lora",
+    "save_finetuned": "lora",
+}
+
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name in __all__:
-        from fusion_bench.finetune import lora
+    if name in _EXPORTS:
+        import importlib
 
-        return getattr(lora, name)
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -222,19 +222,14 @@ class ConcreteMerging(BaseMethod):
         module.mask.requires_grad_(what == "mask")
 
     def _inner_step(self, fabric: Fabric, module, pool, tasks, loaders, optimizer) -> None:
-        """Lower level of the mask step: lambda <- init, one Adam step with the mask detached."""
-        from fusion_bench.method.test_time import entropy_loss
+        """Lower level of the mask step: lambda <- init, one Adam step with the mask detached
+        (gradients averaged across the processes of a DDP run, as in the outer loop)."""
+        from fusion_bench.method.test_time import entropy_step
 
         with torch.no_grad():
             module.coefficients.fill_(self.scaling_factor)
         self._train_only(module, "coefficients")
-        optimizer.zero_grad(set_to_none=True)
-        for t in tasks:
-            x, _labels = next(loaders[t])  # labels are never used: test-time adaptation
-            with fabric.autocast():
-                loss = entropy_loss(pool.task_logits(module, t, x))
-            fabric.backward(loss)
-        optimizer.step()
+        entropy_step(fabric, module, optimizer, pool, tasks, loaders)
         self._train_only(module, "mask")
 
     # -- run ---------------------------------------------------------------------------------

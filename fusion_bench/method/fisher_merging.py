@@ -134,6 +134,11 @@ class FisherMerging(BaseMethod):
     def fisher_keys(pool: BaseModelPool, task: str, model: nn.Module, x: torch.Tensor) -> list[str]:
         """Trainable parameters that the task log-likelihood depends on (one probing backward)."""
         params = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+        if not params:
+            raise FusionBenchError(
+                f"fisher_merging: model '{task}' has no parameter with requires_grad=True; the "
+                "model pool must return trainable (unfrozen) models"
+            )
         with torch.enable_grad():
             logits = pool.task_logits(model, task, x)
             grads = torch.autograd.grad(

@@ -175,7 +175,10 @@ class Seq2SeqLMPool(BaseModelPool):
 
         path = self._adapter_dir(name, location)
         base = self.load_pretrained()
-        return PeftModel.from_pretrained(base, path).merge_and_unload()
+        merged = PeftModel.from_pretrained(base, path).merge_and_unload()
+        # PEFT froze the base weights; the merged model is a dense expert like a full one, whose
+        # parameters data-dependent methods differentiate (Fisher merging)
+        return merged.requires_grad_(True)
 
     def _llora_reference(self) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
         """``(adapter dir, LoRA config, phi_0)`` of the first expert, read once."""

@@ -14,20 +14,22 @@ and reports top-1 accuracy and mean cross-entropy per task.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fusion_bench.errors import FusionBenchError
-from fusion_bench.taskpool.base import BaseTaskPool
+from fusion_bench.taskpool.base import (
+    BaseTaskPool,
+    TaskEvaluation,
+    classification_metrics,
+    classification_stats,
+)
 from fusion_bench.zero_shot.classifier import CLIPZeroShotClassifier
 from fusion_bench.zero_shot.tasks import ImageTask, parse_task, plain
 
 if TYPE_CHECKING:
     import datasets
     import torch
-    from lightning.fabric import Fabric
     from torch import nn
 
 
@@ -48,6 +50,9 @@ class CLIPZeroShotTaskPool(BaseTaskPool):
         limit_batches: evaluate at most this many batches per task (smoke runs); ``None``: all.
         head_cache_dir: where zero-shot heads are cached; ``None``:
             ``<cache_dir()>/zero_shot_heads``.
+        split: evaluate every task on this split role: ``None`` / ``"test"`` = each task's own
+            ``split``; ``"validation"`` = its ``validation_split`` (default ``validation``), for
+            hyperparameter search that never reads the test data.
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class CLIPZeroShotTaskPool(BaseTaskPool):
         num_workers: int = 0,
         limit_batches: int | None = None,
         head_cache_dir: str | None = None,
+        split: str | None = None,
     ) -> None:
         tasks = plain(tasks)
         if not tasks:
@@ -68,10 +74,14 @@ class CLIPZeroShotTaskPool(BaseTaskPool):
             raise FusionBenchError(
                 "taskpool needs batch_size >= 1, num_workers >= 0 and limit_batches >= 1 or null"
             )
+        from fusion_bench.tasks import with_split_role
+
         self.clip_model = str(clip_model)
-        self.tasks: dict[str, ImageTask] = {
+        parsed = {
             str(n): parse_task(str(n), plain(c), f"taskpool.tasks.{n}") for n, c in tasks.items()
         }
+        self.split = split
+        self.tasks: dict[str, ImageTask] = with_split_role(parsed, split)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.limit_batches = limit_batches
@@ -125,47 +135,27 @@ class CLIPZeroShotTaskPool(BaseTaskPool):
         return self.classifier.logits(model, pixel_values, head)
 
     # -- evaluation ---------------------------------------------------------------------------
-    def evaluate_task(
-        self, name: str, model: nn.Module, device: torch.device, fabric: Fabric | None
-    ) -> dict[str, float]:
+    def task_evaluation(self, name: str, model: nn.Module, device: torch.device) -> TaskEvaluation:
         """Top-1 accuracy (in [0, 1]) and mean cross-entropy of vision tower (or ensemble)
         ``model`` on task ``name``."""
-        import torch
-        import torch.nn.functional as F
-        from torch.utils.data import DataLoader
-        from tqdm.auto import tqdm
-
         self.classifier.to(device)  # the text-side modules (projection, logit scale)
         t = self.classifier.task(name)
         data = self.classifier.task_data(name)
-        loader = DataLoader(
+        head = self.zero_shot_head(name, device)
+        model.to(device).eval()
+
+        def step(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+            images, labels = batch
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            return classification_stats(self.logits(model, images, head), labels)
+
+        return TaskEvaluation(
             data,
-            batch_size=self.batch_size,
-            shuffle=False,
+            step,
+            lambda totals: classification_metrics(
+                totals, f"task '{name}': the {t.split} split of '{t.dataset}' is empty"
+            ),
             num_workers=self.num_workers,
             pin_memory=device.type == "cuda",
         )
-        n_batches = (
-            len(loader) if self.limit_batches is None else min(len(loader), self.limit_batches)
-        )
-        head = self.zero_shot_head(name, device)
-        model.to(device).eval()
-        # Sums stay on the device so the loop never waits for a host sync.
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        count = 0
-        autocast = fabric.autocast() if fabric is not None else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
-            batches = itertools.islice(loader, n_batches)
-            for images, labels in tqdm(
-                batches, total=n_batches, desc=f"eval {name}", unit="batch", leave=False
-            ):
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                logits = self.logits(model, images, head).float()
-                loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-                correct += (logits.argmax(dim=-1) == labels).sum()
-                count += labels.numel()
-        if count == 0:
-            raise FusionBenchError(f"task '{name}': the {t.split} split of '{t.dataset}' is empty")
-        return {"accuracy": correct.item() / count, "loss": loss_sum.item() / count}

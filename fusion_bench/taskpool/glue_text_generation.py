@@ -9,13 +9,11 @@ average) and ``parsed`` (the fraction of outputs that were a valid answer).
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fusion_bench.errors import FusionBenchError
-from fusion_bench.taskpool.base import BaseTaskPool
+from fusion_bench.taskpool.base import BaseTaskPool, TaskEvaluation
 from fusion_bench.tasks.glue_data import (
     TextTaskConfig,
     load_text_split,
@@ -25,7 +23,6 @@ from fusion_bench.tasks.glue_data import (
 
 if TYPE_CHECKING:
     import torch
-    from lightning.fabric import Fabric
     from torch import nn
 
 
@@ -42,6 +39,9 @@ class GLUETextGenerationTaskPool(BaseTaskPool):
         max_new_tokens: generation length limit (label words are one or two tokens).
         limit_batches: evaluate at most this many batches per task (smoke runs); ``None``: all.
         cache_dir: tokenised-dataset cache; ``None``: ``<cache_dir()>/glue_tokenized``.
+        split: evaluate every task on this split role: ``None`` / ``"test"`` = each task's own
+            ``split``; ``"validation"`` = its ``validation_split``, which GLUE tasks do not have
+            by default (their validation split is the evaluation split): set one to tune.
     """
 
     def __init__(
@@ -53,8 +53,14 @@ class GLUETextGenerationTaskPool(BaseTaskPool):
         max_new_tokens: int = 8,
         limit_batches: int | None = None,
         cache_dir: str | None = None,
+        split: str | None = None,
     ) -> None:
-        self.tasks: dict[str, TextTaskConfig] = parse_text_tasks(tasks, "taskpool")
+        from fusion_bench.tasks import with_split_role
+
+        self.split = split
+        self.tasks: dict[str, TextTaskConfig] = with_split_role(
+            parse_text_tasks(tasks, "taskpool"), split
+        )
         if not self.tasks:
             raise FusionBenchError(
                 "the task pool is empty: give at least one entry in taskpool.tasks"
@@ -144,13 +150,9 @@ class GLUETextGenerationTaskPool(BaseTaskPool):
         )
         return self.tokenizer().batch_decode(out, skip_special_tokens=True)
 
-    def evaluate_task(
-        self, name: str, model: nn.Module, device: torch.device, fabric: Fabric | None
-    ) -> dict[str, float]:
-        """Generate an answer to every prompt of task ``name`` and score them."""
-        import torch
-        from torch.utils.data import DataLoader
-        from tqdm.auto import tqdm
+    def task_evaluation(self, name: str, model: nn.Module, device: torch.device) -> TaskEvaluation:
+        """Generate an answer to every prompt of task ``name``; score them all at the end
+        (Spearman's rho needs every prediction, so the texts are gathered, not summed)."""
 
         from fusion_bench.tasks.glue import score
 
@@ -167,31 +169,24 @@ class GLUETextGenerationTaskPool(BaseTaskPool):
             batch = tok.pad({"input_ids": [r["input_ids"] for r in rows]}, return_tensors="pt")
             return batch, [r[cfg.label_column] for r in rows]
 
-        loader = DataLoader(data, batch_size=self.batch_size, shuffle=False, collate_fn=collate)
-        n_batches = (
-            len(loader) if self.limit_batches is None else min(len(loader), self.limit_batches)
-        )
         model.to(device).eval()
-        texts: list[str] = []
-        labels: list = []
-        autocast = fabric.autocast() if fabric is not None else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
-            for batch, gold in tqdm(
-                itertools.islice(loader, n_batches),
-                total=n_batches,
-                desc=f"eval {name}",
-                unit="batch",
-                leave=False,
-            ):
-                texts += self.generate_texts(
-                    model,
-                    batch["input_ids"].to(device, non_blocking=True),
-                    batch["attention_mask"].to(device, non_blocking=True),
-                )
-                labels += gold
-        if len(labels) < 2:
-            raise FusionBenchError(
-                f"task '{name}': {len(labels)} example(s) evaluated; need at least 2 (raise "
-                "taskpool.limit_batches or check the split)"
+
+        def step(batch: tuple[dict[str, torch.Tensor], list]) -> dict[str, Any]:
+            inputs, gold = batch
+            texts = self.generate_texts(
+                model,
+                inputs["input_ids"].to(device, non_blocking=True),
+                inputs["attention_mask"].to(device, non_blocking=True),
             )
-        return score(cfg.task, texts, labels)
+            return {"texts": texts, "labels": list(gold)}
+
+        def metrics(totals: Mapping[str, Any]) -> dict[str, float]:
+            labels = totals.get("labels", [])
+            if len(labels) < 2:
+                raise FusionBenchError(
+                    f"task '{name}': {len(labels)} example(s) evaluated; need at least 2 (raise "
+                    "taskpool.limit_batches or check the split)"
+                )
+            return score(cfg.task, totals["texts"], labels)
+
+        return TaskEvaluation(data, step, metrics, collate_fn=collate)

@@ -9,17 +9,19 @@ cross-entropy on the task's validation split.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fusion_bench.errors import FusionBenchError
-from fusion_bench.taskpool.base import BaseTaskPool
+from fusion_bench.taskpool.base import (
+    BaseTaskPool,
+    TaskEvaluation,
+    classification_metrics,
+    classification_stats,
+)
 
 if TYPE_CHECKING:
     import torch
-    from lightning.fabric import Fabric
     from torch import nn
 
     from fusion_bench.models.sequence_classification import ScoreHead
@@ -37,6 +39,9 @@ class GPT2GLUETaskPool(BaseTaskPool):
         max_length: inputs are truncated to this many tokens.
         limit_batches: evaluate at most this many batches per task (smoke runs); ``None``: all.
         cache_dir: tokenised-dataset cache; ``None``: ``<cache_dir()>/glue_tokenized``.
+        split: evaluate every task on this split role: ``None`` / ``"test"`` = each task's own
+            ``split``; ``"validation"`` = its ``validation_split``, which GLUE tasks do not have
+            by default (their validation split is the evaluation split): set one to tune.
     """
 
     def __init__(
@@ -48,10 +53,15 @@ class GPT2GLUETaskPool(BaseTaskPool):
         max_length: int = 512,
         limit_batches: int | None = None,
         cache_dir: str | None = None,
+        split: str | None = None,
     ) -> None:
+        from fusion_bench.tasks import with_split_role
         from fusion_bench.tasks.glue_data import parse_text_tasks
 
-        self.tasks: dict[str, TextTaskConfig] = parse_text_tasks(tasks, "taskpool")
+        self.split = split
+        self.tasks: dict[str, TextTaskConfig] = with_split_role(
+            parse_text_tasks(tasks, "taskpool"), split
+        )
         if not self.tasks:
             raise FusionBenchError(
                 "the task pool is empty: give at least one entry in taskpool.tasks"
@@ -152,14 +162,9 @@ class GPT2GLUETaskPool(BaseTaskPool):
             self.head(name)
 
     # -- evaluation ---------------------------------------------------------------------------
-    def evaluate_task(
-        self, name: str, model: nn.Module, device: torch.device, fabric: Fabric | None
-    ) -> dict[str, float]:
+    def task_evaluation(self, name: str, model: nn.Module, device: torch.device) -> TaskEvaluation:
         """Accuracy (in [0, 1]) and mean cross-entropy of backbone ``model`` on task ``name``."""
         import torch
-        import torch.nn.functional as F
-        from torch.utils.data import DataLoader
-        from tqdm.auto import tqdm
 
         from fusion_bench.models.sequence_classification import last_token_logits
 
@@ -171,39 +176,30 @@ class GPT2GLUETaskPool(BaseTaskPool):
             batch = tok.pad({"input_ids": [r["input_ids"] for r in rows]}, return_tensors="pt")
             return batch, torch.tensor([int(r[cfg.label_column]) for r in rows])
 
-        loader = DataLoader(data, batch_size=self.batch_size, shuffle=False, collate_fn=collate)
-        n_batches = (
-            len(loader) if self.limit_batches is None else min(len(loader), self.limit_batches)
-        )
         head = self.head(name)
         model.to(device).eval()
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        count = 0
-        autocast = fabric.autocast() if fabric is not None else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
-            for batch, labels in tqdm(
-                itertools.islice(loader, n_batches),
-                total=n_batches,
-                desc=f"eval {name}",
-                unit="batch",
-                leave=False,
-            ):
-                labels = labels.to(device, non_blocking=True)
-                logits = last_token_logits(
-                    model,
-                    head,
-                    batch["input_ids"].to(device, non_blocking=True),
-                    batch["attention_mask"].to(device, non_blocking=True),
-                ).float()
-                if logits.shape[-1] <= int(labels.max()):
-                    raise FusionBenchError(
-                        f"task '{name}': the head has {logits.shape[-1]} classes but the data has "
-                        f"label {int(labels.max())}; check taskpool.heads.{name}"
-                    )
-                loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-                correct += (logits.argmax(dim=-1) == labels).sum()
-                count += labels.numel()
-        if count == 0:
-            raise FusionBenchError(f"task '{name}': nothing evaluated (empty split?)")
-        return {"accuracy": correct.item() / count, "loss": loss_sum.item() / count}
+
+        def step(batch: tuple[dict[str, torch.Tensor], torch.Tensor]) -> dict[str, Any]:
+            inputs, labels = batch
+            labels = labels.to(device, non_blocking=True)
+            logits = last_token_logits(
+                model,
+                head,
+                inputs["input_ids"].to(device, non_blocking=True),
+                inputs["attention_mask"].to(device, non_blocking=True),
+            )
+            if logits.shape[-1] <= int(labels.max()):
+                raise FusionBenchError(
+                    f"task '{name}': the head has {logits.shape[-1]} classes but the data has "
+                    f"label {int(labels.max())}; check taskpool.heads.{name}"
+                )
+            return classification_stats(logits, labels)
+
+        return TaskEvaluation(
+            data,
+            step,
+            lambda totals: classification_metrics(
+                totals, f"task '{name}': nothing evaluated (empty split?)"
+            ),
+            collate_fn=collate,
+        )

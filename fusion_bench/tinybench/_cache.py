@@ -3,10 +3,15 @@ and text benchmarks)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from fusion_bench.errors import FusionBenchError
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +59,78 @@ def ensure_built_at(
         return root
     finally:
         lock.release()
+
+
+@dataclass(frozen=True)
+class TinyBenchmark:
+    """One tiny benchmark's place in the cache and how to build it.
+
+    Builds live in ``<cache_dir()>/<name>/<profile>-seed<seed>-v<version>/``; a build is
+    complete when its ``BUILD_INFO.json`` has ``version`` and every path of ``needed(root)``
+    exists. ``builder`` names the module whose ``build_into(root, *, profile, params, seed)``
+    builds one (imported only when building, so that importing a benchmark stays cheap).
+    """
+
+    name: str
+    what: str
+    version: int
+    profiles: Mapping[str, Any]
+    needed: Callable[[Path], list[Path]]
+    builder: str
+
+    def profile(self, profile: str) -> Any:
+        """The parameters of ``profile``.
+
+        Raises:
+            FusionBenchError: unknown profile (the message lists the known ones).
+        """
+        if profile not in self.profiles:
+            raise FusionBenchError(
+                f"unknown {self.what} profile '{profile}'; known profiles: "
+                f"{', '.join(self.profiles)}"
+            )
+        return self.profiles[profile]
+
+    def root(self, profile: str = "default", *, seed: int = 0) -> Path:
+        """Where the build of ``profile`` / ``seed`` lives (whether or not it exists yet).
+
+        Raises:
+            FusionBenchError: unknown profile.
+        """
+        from fusion_bench.constants import cache_dir
+
+        self.profile(profile)
+        return cache_dir() / self.name / f"{profile}-seed{seed}-v{self.version}"
+
+    def is_complete(self, root: Path) -> bool:
+        """Whether ``root`` holds a finished build of the current version."""
+        return build_is_complete(Path(root), self.version, self.needed(Path(root)))
+
+    def ensure_built(self, profile: str = "default", *, seed: int = 0, force: bool = False) -> Path:
+        """Root directory of a complete build of ``profile``, building it first if needed.
+
+        Safe across processes (see :func:`ensure_built_at`): a file lock serialises builders,
+        the build goes into a temporary sibling directory that is renamed into place, and
+        ``BUILD_INFO.json`` (written last) marks it complete.
+
+        Args:
+            profile: a name of :attr:`profiles` (``"default"``, ``"smoke"``).
+            seed: seed of the data, initialisation and training.
+            force: rebuild even if a complete build exists.
+
+        Raises:
+            FusionBenchError: unknown profile.
+        """
+        params = self.profile(profile)
+
+        def build(root: Path) -> None:
+            builder = importlib.import_module(self.builder)
+            builder.build_into(root, profile=profile, params=params, seed=seed)
+
+        return ensure_built_at(
+            self.root(profile, seed=seed),
+            is_complete=self.is_complete,
+            build=build,
+            what=f"{self.what} (profile {profile!r}, seed {seed})",
+            force=force,
+        )

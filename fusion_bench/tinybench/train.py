@@ -8,25 +8,27 @@
   (:func:`confused_captions`), as web captions are wrong in systematic ways: the features still
   separate those classes, but zero-shot classification confuses them, which is the gap that
   fine-tuning closes on the real benchmark (zero-shot CLIP is weak on EuroSAT, SVHN, GTSRB...).
-* :func:`finetune`: cross-entropy of :func:`~fusion_bench.models.clip_zero_shot.zero_shot_logits`
-  against the frozen zero-shot head of one task; only the vision tower trains (Adam, cosine
-  schedule), as for the ``tanganke/clip-vit-*_<task>`` experts (Ilharco et al., "Editing Models
-  with Task Arithmetic", arXiv 2212.04089). A layer-wise lr decay keeps the lower layers close
-  to the pretrained ones, as they stay in large pretrained ViTs: without it, the tiny tower's
-  task vectors interfere far more than real ones (task arithmetic at lambda 0.3, same data and
-  pretrained model: 54.4% with a flat lr of 1e-3, 60.0% on the default build; pretrained 61.3%).
+* :func:`finetune`: the experts' recipe, :func:`fusion_bench.finetune.clip_vision.finetune_vision`
+  (the function behind ``scripts/finetune_clip.py``), fed with in-memory batches: cross-entropy
+  of :func:`~fusion_bench.models.clip_zero_shot.zero_shot_logits` against the frozen zero-shot
+  head of one task; only the vision tower trains (Adam, warmup + cosine schedule), as for the
+  ``tanganke/clip-vit-*_<task>`` experts (Ilharco et al., "Editing Models with Task Arithmetic",
+  arXiv 2212.04089). A layer-wise lr decay keeps the lower layers close to the pretrained ones,
+  as they stay in large pretrained ViTs: without it, the tiny tower's task vectors interfere far
+  more than real ones (task arithmetic at lambda 0.3, same data and pretrained model: 54.4% with
+  a flat lr of 1e-3, 60.0% on the default build; pretrained 61.3%).
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fusion_bench.finetune.clip_vision import finetune_vision, lr_factor
 from fusion_bench.models.clip_zero_shot import zero_shot_logits
 from fusion_bench.tinybench import tokenizer as tk
 
@@ -87,12 +89,6 @@ def make_clip(profile, vocab_size: int, image_size: int, seed: int):
         return CLIPModel(config)
 
 
-def _cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 def pretrain(
     model,
     tokenizer,
@@ -131,7 +127,7 @@ def pretrain(
     size = torch.stack([torch.tensor(len(r)) for r in cls_range])
     opt = torch.optim.AdamW(model.parameters(), lr=profile.pretrain_lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: _cosine(s, profile.pretrain_steps, profile.pretrain_steps // 10)
+        opt, lambda s: lr_factor(s, profile.pretrain_steps, profile.pretrain_steps // 10)
     )
     model.train()
     losses = []
@@ -180,45 +176,45 @@ def finetune(
 ):
     """A copy of ``model.vision_model`` fine-tuned on one task against the frozen ``head``.
 
+    :func:`~fusion_bench.finetune.clip_vision.finetune_vision` with the profile's steps, lr and
+    layer decay, a warmup of a tenth of the steps and a cosine schedule, on batches of
+    ``profile.finetune_batch`` images drawn with replacement by ``gen`` (one draw per step, so
+    the builder's random stream, shared by all tasks, is consumed as by a plain loop).
+
+    Args:
+        model: the pretrained ``CLIPModel`` (left unchanged).
+        head: the task's zero-shot head ``[classes, projection_dim]``.
+        pixels: normalised training images ``[N, 3, H, W]``.
+        labels: their labels ``[N]``.
+        profile: the build profile (``finetune_steps`` / ``_batch`` / ``_lr``, ``layer_decay``).
+        gen: randomness of the batches.
+        progress: optional ``tqdm`` bar, updated with the loss.
+
     Returns:
-        The fine-tuned ``CLIPVisionModel`` (``model`` itself is left unchanged).
+        The fine-tuned ``CLIPVisionModel``, in eval mode.
     """
-    model.requires_grad_(False)
-    vision = copy.deepcopy(model.vision_model).requires_grad_(True).train()
-    head = head.detach().clone()  # an inference-mode tensor cannot be saved for backward
-    opt = torch.optim.Adam(_layer_groups(vision, profile.finetune_lr, profile.layer_decay))
     steps = profile.finetune_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, steps, steps // 10))
-    for _ in range(steps):
-        idx = torch.randint(len(pixels), (profile.finetune_batch,), generator=gen)
-        logits = zero_shot_logits(model, vision, pixels[idx], head)
-        loss = F.cross_entropy(logits, labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if progress is not None:
-            progress.update()
-            progress.set_postfix(loss=f"{loss.item():.3f}")
-    return vision.eval().requires_grad_(False)
+    return finetune_vision(
+        model,
+        head,
+        _random_batches(pixels, labels, profile.finetune_batch, gen),
+        steps=steps,
+        lr=profile.finetune_lr,
+        layer_decay=profile.layer_decay,
+        warmup_steps=steps // 10,
+        schedule="cosine",
+        progress=progress,
+    )
 
 
-def _layer_groups(vision, lr: float, decay: float) -> list[dict]:
-    """Adam parameter groups with layer-wise lr decay: ``lr * decay**d`` at depth ``d`` below
-    the top, so early, generic layers move least (as in BEiT-style ViT fine-tuning)."""
-    n = vision.config.num_hidden_layers
-    groups: dict[int, list] = {}
-    for name, p in vision.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith("encoder.layers."):
-            depth = n - int(name.split(".")[2])
-        elif name.startswith("post_layernorm"):
-            depth = 0
-        else:  # embeddings, pre-layernorm
-            depth = n + 1
-        groups.setdefault(depth, []).append(p)
-    return [{"params": ps, "lr": lr * decay**d} for d, ps in sorted(groups.items())]
+def _random_batches(
+    pixels: torch.Tensor, labels: torch.Tensor, batch: int, gen: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches of ``batch`` indices drawn with replacement; each draw happens only when
+    the batch is requested (a generator), so no randomness is consumed ahead of use."""
+    while True:
+        idx = torch.randint(len(pixels), (batch,), generator=gen)
+        yield pixels[idx], labels[idx]
 
 
 @torch.inference_mode()

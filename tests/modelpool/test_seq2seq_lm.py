@@ -38,7 +38,9 @@ def test_lora_expert_is_merged_as_w_plus_scaled_ba(tmp_path):
     pre, _ = t5_pool_dirs(tmp_path, experts=())
     peft_model = _lora_expert(pre, tmp_path / "lora", r=2, alpha=4)
     pool = Seq2SeqLMPool({"_pretrained_": pre, "cola": str(tmp_path / "lora")}, peft_experts=True)
-    merged = pool.load_model("cola").state_dict()
+    model = pool.load_model("cola")
+    assert all(p.requires_grad for p in model.parameters())  # dense like a full expert
+    merged = model.state_dict()
     base = pool.load_pretrained().state_dict()
     lora = {k: v for k, v in peft_model.state_dict().items() if "lora_" in k}
     key = "encoder.block.0.layer.0.SelfAttention.q.weight"

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusion_bench.errors import FusionBenchError
+from fusion_bench.tinybench._cache import TinyBenchmark
 
 BUILD_VERSION = 2
 """Bump whenever the recipe (data, tokenizer, model, training) changes: old caches are ignored."""
@@ -138,67 +138,25 @@ PROFILES: dict[str, Profile] = {
 """Build profiles: ``default`` (the benchmark) and ``smoke`` (seconds, for tests)."""
 
 
-def _profile(profile: str) -> Profile:
-    if profile not in PROFILES:
-        raise FusionBenchError(
-            f"unknown tiny text benchmark profile '{profile}'; known profiles: "
-            f"{', '.join(PROFILES)}"
-        )
-    return PROFILES[profile]
-
-
-def build_root(profile: str = "default", *, seed: int = 0) -> Path:
-    """Where the build of ``profile`` / ``seed`` lives (whether or not it exists yet).
-
-    Raises:
-        FusionBenchError: unknown profile.
-    """
-    from fusion_bench.constants import cache_dir
-
-    _profile(profile)
-    return cache_dir() / "tiny_text" / f"{profile}-seed{seed}-v{BUILD_VERSION}"
-
-
-def is_complete(root: Path) -> bool:
-    """Whether ``root`` holds a finished build of the current version."""
-    from fusion_bench.tinybench._cache import build_is_complete
-
-    root = Path(root)
+def _needed(root: Path) -> list[Path]:
     needed = [root / "flan-t5" / "pretrained" / "config.json"]
     needed += [root / "flan-t5" / "experts" / t / "config.json" for t in TASKS]
     needed += [root / "flan-t5" / "lora" / t / "adapter_config.json" for t in TASKS]
     needed += [root / "gpt2" / "pretrained" / "config.json"]
     needed += [root / "gpt2" / "experts" / t / "config.json" for t in GPT2_TASKS]
-    needed += [root / "datasets" / t / "dataset_dict.json" for t in TASKS]
-    return build_is_complete(root, BUILD_VERSION, needed)
+    return needed + [root / "datasets" / t / "dataset_dict.json" for t in TASKS]
 
 
-def ensure_built(profile: str = "default", *, seed: int = 0, force: bool = False) -> Path:
-    """Root directory of a complete build of ``profile``, building it first if needed.
+BENCHMARK = TinyBenchmark(
+    name="tiny_text",
+    what="tiny text benchmark",
+    version=BUILD_VERSION,
+    profiles=PROFILES,
+    needed=_needed,
+    builder="fusion_bench.tinybench.text.build",
+)
+"""The cache layout and builder; the functions below are its methods."""
 
-    Safe across processes: a file lock serialises builders, the build goes into a temporary
-    sibling directory that is renamed into place, and ``BUILD_INFO.json`` (written last) marks
-    it complete.
-
-    Args:
-        profile: ``"default"`` or ``"smoke"``.
-        seed: seed of the data, initialisation and training.
-        force: rebuild even if a complete build exists.
-
-    Raises:
-        FusionBenchError: unknown profile.
-    """
-    from fusion_bench.tinybench._cache import ensure_built_at
-
-    def build(root: Path) -> None:
-        from fusion_bench.tinybench.text.build import build_into
-
-        build_into(root, profile=profile, params=_profile(profile), seed=seed)
-
-    return ensure_built_at(
-        build_root(profile, seed=seed),
-        is_complete=is_complete,
-        build=build,
-        what=f"tiny text benchmark (profile {profile!r}, seed {seed})",
-        force=force,
-    )
+build_root = BENCHMARK.root
+is_complete = BENCHMARK.is_complete
+ensure_built = BENCHMARK.ensure_built
