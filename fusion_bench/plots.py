@@ -9,9 +9,9 @@ series, no version stamp in the PNG metadata.
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +26,7 @@ from fusion_bench.tables import (
     row_label,
     task_scores,
 )
+from fusion_bench.utils.io import atomic_write_bytes
 
 FIGSIZE = (8.0, 4.5)
 """Figure size in inches of every plot."""
@@ -136,20 +137,19 @@ def _figure(path: str | os.PathLike) -> Iterator[Any]:
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     yield fig
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # No "Software" version stamp in the file: only the drawing decides its bytes.
-            fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a plot is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    # No "Software" version stamp in the file: only the drawing decides its bytes.
+    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _colour(i: int, n: int) -> Any:
+    """Series colour ``i`` of ``n``: tab10 up to 10 series, else tab20 (then repeats), so that
+    a table's 13+ methods do not share colours the way tab10's cycle would make them."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return cmap(i % cmap.N)
 
 
 def _axis_label(metric: str) -> str:
@@ -257,7 +257,13 @@ def plot_per_task(
         for i, (label, values) in enumerate(rows):
             xs = [t + (i - (len(rows) - 1) / 2) * width for t in range(len(tasks))]
             # NaN draws no bar: a task without the metric stays visibly empty, not zero
-            ax.bar(xs, [math.nan if v is None else v for v in values], width, label=label)
+            ax.bar(
+                xs,
+                [math.nan if v is None else v for v in values],
+                width,
+                label=label,
+                color=_colour(i, len(rows)),
+            )
         ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
         ax.set_ylabel(_axis_label(metric))
         ax.grid(True, axis="y", alpha=0.3)

@@ -8,7 +8,9 @@ Pre-Trained Foundation Models", arXiv 2408.10174. For a linear layer with pretra
   truncation ``U_i[:, :k] S_i[:k] V_i[:, :k]^T`` (``k = -1``: full rank, i.e. exactly ``dW_i``).
 - **Router**: ``r_i(x) = || V_i[:, :gate_k]^T x ||_2``, the norm of the projection of ``x`` on
   the top-``gate_k`` right singular vectors of ``dW_i``: an input lying in the subspace that
-  fine-tuning on task ``i`` changed most is routed to expert ``i``.
+  fine-tuning on task ``i`` changed most is routed to expert ``i``. Singular vectors of
+  numerically zero singular values (``rank(dW_i) < gate_k``, e.g. LoRA deltas) are not part of
+  that subspace and are dropped (see :func:`router_projection`).
 - **Weights**: ``w(x) = softmax`` over the ``top_k`` largest logits, zero for the other experts.
 
 Pure functions on tensors: no modules, no I/O. SVDs run in at least float32 (half precision
@@ -83,6 +85,21 @@ def reconstruct(factors: SVD) -> torch.Tensor:
     return (factors.u * factors.s) @ factors.v.mT
 
 
+def router_projection(factors: SVD) -> torch.Tensor:
+    """``V[:, :gate_k]^T`` with the rows of numerically zero singular values set to zero.
+
+    When ``dW`` has rank ``r < gate_k`` (e.g. a rank-8 LoRA delta and ``gate_k = 16``), its
+    singular vectors beyond ``r`` span no direction that fine-tuning changed: the SVD returns an
+    arbitrary basis of the null space there, which would add input-dependent noise to the
+    router. Zero rows leave the logit ``||V^T x||`` of the real subspace unchanged. The
+    tolerance is :func:`torch.linalg.matrix_rank`'s default: ``s_max * max(m, n) * eps``.
+    """
+    v, s = factors.v, factors.s
+    m, n = factors.u.shape[0], v.shape[0]
+    tol = s.max(dim=-1, keepdim=True).values * max(m, n) * torch.finfo(s.dtype).eps
+    return v.mT * (s > tol).to(v.dtype)[..., :, None]
+
+
 class ExpertFactors(NamedTuple):
     """One SMILE expert of one linear layer (see :func:`smile_expert_factors`).
 
@@ -136,7 +153,7 @@ def smile_expert_factors(
     dtype = torch.promote_types(w0.dtype, torch.float32)
     delta = svd(wi.to(dtype) - w0.to(dtype), device)
     expert = truncate(delta, k)
-    gate = truncate(delta if routing_use_diff else svd(wi, device), gate_k).v.mT
+    gate = router_projection(truncate(delta if routing_use_diff else svd(wi, device), gate_k))
     bias_delta = None if b0 is None else (bi.to(dtype) - b0.to(dtype)).to(w0.dtype)
     return ExpertFactors(
         u=expert.u.to(w0.dtype).contiguous(),

@@ -132,3 +132,21 @@ def test_topk_weights_uniform_on_ties_and_errors():
         topk_routing_weights(torch.zeros(3), 4)
     with pytest.raises(FusionBenchError, match="top_k"):
         topk_routing_weights(torch.zeros(3), 0)
+
+
+def test_router_drops_null_space_directions_of_a_low_rank_delta():
+    """A rank-2 delta with gate_k=4: the two extra singular vectors are an arbitrary basis of
+    the null space; they get zero rows, so the router sees only the changed subspace."""
+    from fusion_bench.merging.svd import smile_expert_factors
+
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(6, 5, generator=g)
+    b, a = torch.randn(6, 2, generator=g), torch.randn(2, 5, generator=g)
+    f = smile_expert_factors(w0, w0 + b @ a, k=-1, gate_k=4)
+    assert torch.all(f.gate[2:] == 0) and torch.all(f.gate[:2].norm(dim=1) > 0.99)
+    # the kept rows span the row space of the delta: projecting a's rows loses nothing
+    proj = a @ f.gate[:2].T @ f.gate[:2]
+    assert torch.allclose(proj, a, atol=1e-5)
+    # a full-rank delta keeps every row
+    full = smile_expert_factors(w0, w0 + torch.randn(6, 5, generator=g), k=-1, gate_k=4)
+    assert torch.allclose(full.gate.norm(dim=1), torch.ones(4), atol=1e-5)
