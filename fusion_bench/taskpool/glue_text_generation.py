@@ -13,20 +13,19 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fusion_bench.errors import FusionBenchError
-from fusion_bench.taskpool.base import BaseTaskPool, TaskEvaluation
-from fusion_bench.tasks.glue_data import (
-    TextTaskConfig,
-    load_text_split,
-    parse_text_tasks,
-    tokenize_seq2seq,
-)
+from fusion_bench.taskpool.base import TaskEvaluation
+from fusion_bench.taskpool.glue import GLUETaskPool
+from fusion_bench.tasks.glue_data import tokenize_seq2seq
 
 if TYPE_CHECKING:
+    import datasets
     import torch
     from torch import nn
 
+    from fusion_bench.tasks.glue_data import TextTaskConfig
 
-class GLUETextGenerationTaskPool(BaseTaskPool):
+
+class GLUETextGenerationTaskPool(GLUETaskPool):
     """Text-to-text GLUE evaluation of sequence-to-sequence models (``model.generate``).
 
     Args:
@@ -37,11 +36,7 @@ class GLUETextGenerationTaskPool(BaseTaskPool):
         batch_size: prompts per generation batch.
         max_input_length: prompts are truncated to this many tokens.
         max_new_tokens: generation length limit (label words are one or two tokens).
-        limit_batches: evaluate at most this many batches per task (smoke runs); ``None``: all.
-        cache_dir: tokenised-dataset cache; ``None``: ``<cache_dir()>/glue_tokenized``.
-        split: evaluate every task on this split role: ``None`` / ``"test"`` = each task's own
-            ``split``; ``"validation"`` = its ``validation_split``, which GLUE tasks do not have
-            by default (their validation split is the evaluation split): set one to tune.
+        limit_batches, cache_dir, split: see :class:`~fusion_bench.taskpool.glue.GLUETaskPool`.
     """
 
     def __init__(
@@ -55,86 +50,26 @@ class GLUETextGenerationTaskPool(BaseTaskPool):
         cache_dir: str | None = None,
         split: str | None = None,
     ) -> None:
-        from fusion_bench.tasks import with_split_role
-
-        self.split = split
-        self.tasks: dict[str, TextTaskConfig] = with_split_role(
-            parse_text_tasks(tasks, "taskpool"), split
+        super().__init__(
+            tokenizer,
+            tasks,
+            batch_size=batch_size,
+            limit_batches=limit_batches,
+            cache_dir=cache_dir,
+            split=split,
+            lengths={"max_input_length": max_input_length, "max_new_tokens": max_new_tokens},
         )
-        if not self.tasks:
-            raise FusionBenchError(
-                "the task pool is empty: give at least one entry in taskpool.tasks"
-            )
-        if min(batch_size, max_input_length, max_new_tokens) < 1 or (
-            limit_batches is not None and limit_batches < 1
-        ):
-            raise FusionBenchError(
-                "taskpool needs batch_size, max_input_length, max_new_tokens >= 1 and "
-                "limit_batches >= 1 or null"
-            )
-        self.tokenizer_location = str(tokenizer)
-        self.batch_size = int(batch_size)
         self.max_input_length = int(max_input_length)
         self.max_new_tokens = int(max_new_tokens)
-        self.limit_batches = limit_batches
-        if cache_dir is None:
-            from fusion_bench.constants import cache_dir as root
 
-            cache_dir = str(root() / "glue_tokenized")
-        self.cache_dir = str(cache_dir)
-        self._tokenizer = None
-        self._data: dict[str, Any] = {}
+    def task_metadata(self, name: str) -> dict[str, Any]:
+        return {"metric": self.tasks[name].task.metric}
 
-    @property
-    def task_names(self) -> list[str]:
-        return list(self.tasks)
-
-    def metadata(self) -> dict[str, Any]:
-        """``{task: {"version", "dataset", "split", "subset", "metric"}}`` for the report."""
-        return {
-            n: {
-                "version": t.version,
-                "dataset": t.dataset,
-                "subset": t.subset,
-                "split": t.split,
-                "metric": t.task.metric,
-            }
-            for n, t in self.tasks.items()
-        }
-
-    # -- loading ------------------------------------------------------------------------------
-    def tokenizer(self) -> Any:
-        """The tokenizer, loaded once."""
-        if self._tokenizer is None:
-            from fusion_bench.tasks.glue_data import load_tokenizer
-
-            self._tokenizer = load_tokenizer(
-                self.tokenizer_location, hint="taskpool.tokenizer=/path/to/save_pretrained_dir"
-            )
-        return self._tokenizer
-
-    def dataset(self, name: str):
-        """Task ``name``'s evaluation split, tokenised (cached on disk)."""
-        if name not in self._data:
-            cfg = self.tasks[name]
-            ds = load_text_split(cfg, cfg.split, "taskpool")
-            if len(ds) == 0:
-                raise FusionBenchError(
-                    f"task '{name}': the {cfg.split} split of '{cfg.dataset}' is empty"
-                )
-            self._data[name] = tokenize_seq2seq(
-                ds,
-                cfg,
-                self.tokenizer(),
-                max_length=self.max_input_length,
-                cache_dir=self.cache_dir,
-            )
-        return self._data[name]
-
-    def prepare(self) -> None:
-        """Load the tokenizer and every dataset now, so a bad location fails before fusing."""
-        for name in self.tasks:
-            self.dataset(name)
+    def tokenize(self, ds: datasets.Dataset, cfg: TextTaskConfig) -> datasets.Dataset:
+        """Prompts and verbalised labels (:func:`~fusion_bench.tasks.glue_data.tokenize_seq2seq`)."""
+        return tokenize_seq2seq(
+            ds, cfg, self.tokenizer(), max_length=self.max_input_length, cache_dir=self.cache_dir
+        )
 
     # -- evaluation ---------------------------------------------------------------------------
     def generate_texts(

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from fusion_bench.errors import FusionBenchError
 from fusion_bench.taskpool.base import (
-    BaseTaskPool,
     TaskEvaluation,
     classification_metrics,
     classification_stats,
 )
+from fusion_bench.taskpool.glue import GLUETaskPool
 
 if TYPE_CHECKING:
+    import datasets
     import torch
     from torch import nn
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from fusion_bench.tasks.glue_data import TextTaskConfig
 
 
-class GPT2GLUETaskPool(BaseTaskPool):
+class GPT2GLUETaskPool(GLUETaskPool):
     """Accuracy of a GPT-2 backbone with each task's own classification head.
 
     Args:
@@ -37,12 +38,10 @@ class GPT2GLUETaskPool(BaseTaskPool):
         heads: ``name -> location`` of the expert whose ``score`` head evaluates that task.
         batch_size: examples per batch.
         max_length: inputs are truncated to this many tokens.
-        limit_batches: evaluate at most this many batches per task (smoke runs); ``None``: all.
-        cache_dir: tokenised-dataset cache; ``None``: ``<cache_dir()>/glue_tokenized``.
-        split: evaluate every task on this split role: ``None`` / ``"test"`` = each task's own
-            ``split``; ``"validation"`` = its ``validation_split``, which GLUE tasks do not have
-            by default (their validation split is the evaluation split): set one to tune.
+        limit_batches, cache_dir, split: see :class:`~fusion_bench.taskpool.glue.GLUETaskPool`.
     """
+
+    right_pad_with_eos = True
 
     def __init__(
         self,
@@ -55,17 +54,15 @@ class GPT2GLUETaskPool(BaseTaskPool):
         cache_dir: str | None = None,
         split: str | None = None,
     ) -> None:
-        from fusion_bench.tasks import with_split_role
-        from fusion_bench.tasks.glue_data import parse_text_tasks
-
-        self.split = split
-        self.tasks: dict[str, TextTaskConfig] = with_split_role(
-            parse_text_tasks(tasks, "taskpool"), split
+        super().__init__(
+            tokenizer,
+            tasks,
+            batch_size=batch_size,
+            limit_batches=limit_batches,
+            cache_dir=cache_dir,
+            split=split,
+            lengths={"max_length": max_length},
         )
-        if not self.tasks:
-            raise FusionBenchError(
-                "the task pool is empty: give at least one entry in taskpool.tasks"
-            )
         heads = {str(k): str(v) for k, v in (heads or {}).items()}
         missing = [t for t in self.tasks if t not in heads]
         if missing:
@@ -79,53 +76,12 @@ class GPT2GLUETaskPool(BaseTaskPool):
                     f"task '{name}' is a regression task; this task pool scores classification "
                     "accuracy only"
                 )
-        if min(batch_size, max_length) < 1 or (limit_batches is not None and limit_batches < 1):
-            raise FusionBenchError(
-                "taskpool needs batch_size, max_length >= 1 and limit_batches >= 1 or null"
-            )
-        self.tokenizer_location = str(tokenizer)
         self.heads = heads
-        self.batch_size = int(batch_size)
         self.max_length = int(max_length)
-        self.limit_batches = limit_batches
-        if cache_dir is None:
-            from fusion_bench.constants import cache_dir as root
-
-            cache_dir = str(root() / "glue_tokenized")
-        self.cache_dir = str(cache_dir)
-        self._tokenizer = None
         self._heads: dict[str, ScoreHead] = {}
-        self._data: dict[str, Any] = {}
 
-    @property
-    def task_names(self) -> list[str]:
-        return list(self.tasks)
-
-    def metadata(self) -> dict[str, Any]:
-        """``{task: {"version", "dataset", "subset", "split", "head"}}`` for the report."""
-        return {
-            n: {
-                "version": t.version,
-                "dataset": t.dataset,
-                "subset": t.subset,
-                "split": t.split,
-                "head": self.heads[n],
-            }
-            for n, t in self.tasks.items()
-        }
-
-    # -- loading ------------------------------------------------------------------------------
-    def tokenizer(self) -> Any:
-        """The tokenizer (padding with EOS if it has none, on the right), loaded once."""
-        if self._tokenizer is None:
-            from fusion_bench.tasks.glue_data import load_tokenizer
-
-            self._tokenizer = load_tokenizer(
-                self.tokenizer_location,
-                hint="taskpool.tokenizer=/path/to/save_pretrained_dir",
-                right_pad_with_eos=True,
-            )
-        return self._tokenizer
+    def task_metadata(self, name: str) -> dict[str, Any]:
+        return {"head": self.heads[name]}
 
     def head(self, name: str) -> ScoreHead:
         """Task ``name``'s classification head, loaded once."""
@@ -139,26 +95,18 @@ class GPT2GLUETaskPool(BaseTaskPool):
             )
         return self._heads[name]
 
-    def dataset(self, name: str):
-        """Task ``name``'s evaluation split, tokenised (cached on disk)."""
-        if name not in self._data:
-            from fusion_bench.tasks.glue_data import load_text_split, tokenize_classification
+    def tokenize(self, ds: datasets.Dataset, cfg: TextTaskConfig) -> datasets.Dataset:
+        """The raw text columns (:func:`~fusion_bench.tasks.glue_data.tokenize_classification`)."""
+        from fusion_bench.tasks.glue_data import tokenize_classification
 
-            cfg = self.tasks[name]
-            ds = load_text_split(cfg, cfg.split, "taskpool")
-            if len(ds) == 0:
-                raise FusionBenchError(
-                    f"task '{name}': the {cfg.split} split of '{cfg.dataset}' is empty"
-                )
-            self._data[name] = tokenize_classification(
-                ds, cfg, self.tokenizer(), max_length=self.max_length, cache_dir=self.cache_dir
-            )
-        return self._data[name]
+        return tokenize_classification(
+            ds, cfg, self.tokenizer(), max_length=self.max_length, cache_dir=self.cache_dir
+        )
 
     def prepare(self) -> None:
         """Load the tokenizer, heads and datasets now, so a bad location fails before fusing."""
+        super().prepare()
         for name in self.tasks:
-            self.dataset(name)
             self.head(name)
 
     # -- evaluation ---------------------------------------------------------------------------
