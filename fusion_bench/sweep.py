@@ -39,9 +39,10 @@ def sweep_cells(
     """Classify the job dirs under ``sweep_dir`` that a sweep started at ``since`` touched.
 
     Hydra writes ``.hydra/overrides.yaml`` when a job starts, so a dir whose file is newer than
-    ``since`` belongs to this sweep. Its outcome: ``error.json`` = failed; a report written
-    before ``since`` = skipped (already complete); a newer report = ran; neither = unfinished
-    (killed, or still running elsewhere).
+    ``since`` belongs to this sweep. Its outcome: ``error.json`` = failed; a report older than
+    that job-start file = skipped (already complete; compared per cell, so a report written a
+    moment before the sweep started, e.g. by a killed earlier run, still counts as skipped); a
+    newer report = ran; neither = unfinished (killed, or still running elsewhere).
     """
     cells = SweepCells()
     for marker in sorted(Path(sweep_dir).rglob(".hydra/overrides.yaml")):
@@ -52,7 +53,8 @@ def sweep_cells(
         if (job / "error.json").exists():
             cells.failed.append(job)
         elif report.exists():
-            (cells.ran if report.stat().st_mtime >= since else cells.skipped).append(job)
+            started = marker.stat().st_mtime
+            (cells.ran if report.stat().st_mtime >= started else cells.skipped).append(job)
         else:
             cells.unfinished.append(job)
     return cells

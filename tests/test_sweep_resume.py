@@ -83,11 +83,17 @@ def test_sweep_cells_classifies_by_files(tmp_path):
     _cell(tmp_path, "old_sweep", started=t0 - 100, report=t0 - 100)  # another sweep's cell
     _cell(tmp_path, "ran", started=t0 + 1, report=t0 + 2)
     _cell(tmp_path, "skipped", started=t0 + 1, report=t0 - 50)
+    # written by a killed earlier run just before this sweep began (within the start slack)
+    _cell(tmp_path, "skipped_recent", started=t0 + 3, report=t0 + 0.5)
     _cell(tmp_path, "failed", started=t0 + 1, error=True)
     _cell(tmp_path, "killed", started=t0 + 1)
     cells = sweep_cells(tmp_path, since=t0)
     names = {k: [p.name for p in getattr(cells, k)] for k in ("ran", "skipped", "failed")}
-    assert names == {"ran": ["ran"], "skipped": ["skipped"], "failed": ["failed"]}
+    assert names == {
+        "ran": ["ran"],
+        "skipped": ["skipped", "skipped_recent"],
+        "failed": ["failed"],
+    }
     assert [p.name for p in cells.unfinished] == ["killed"]
 
 

@@ -47,7 +47,8 @@ class CLIPZeroShotTaskPool(BaseTaskPool):
             ``metadata.version``.
         batch_size: images per batch.
         num_workers: DataLoader worker processes (image decoding and transforms).
-        limit_batches: evaluate at most this many batches per task (smoke runs); ``None``: all.
+        limit_batches: evaluate the first ``limit_batches * batch_size`` examples of each task
+            (smoke runs; the same examples with any number of processes); ``None``: all.
         head_cache_dir: where zero-shot heads are cached; ``None``:
             ``<cache_dir()>/zero_shot_heads``.
         split: evaluate every task on this split role: ``None`` / ``"test"`` = each task's own

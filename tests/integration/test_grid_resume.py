@@ -52,6 +52,7 @@ def test_killed_grid_resumes_without_duplicates(cli):
     resumed = cli(*GRID, f"hydra.sweep.dir={grid}")
     skipped = len(done_before)
     assert f"{len(CELLS) - skipped} ran, {skipped} skipped" in resumed.stdout
+    assert resumed.stdout.count("is complete for this config: skipping the run") == skipped
     after = _cells(grid)
     assert sorted(after) == CELLS and not list(grid.rglob("error.json"))
     for cell, metrics in done_before.items():
