@@ -61,14 +61,48 @@ def ensure_built_at(
         lock.release()
 
 
+def build_atomically(
+    root: Path, write: Callable[[Path], dict[str, Any]], info: dict[str, Any]
+) -> Path:
+    """Run ``write(tmp)`` in a temporary sibling of ``root``, then write
+    ``BUILD_INFO.json`` (``info`` + what ``write`` returned; the completion marker, last) and
+    rename the directory to ``root``, replacing an incomplete or outdated build.
+
+    Torch runs on at most 8 threads meanwhile: tiny matrices gain nothing from more.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    import torch
+
+    from fusion_bench.utils.io import atomic_write_json
+
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    try:
+        atomic_write_json(tmp / "BUILD_INFO.json", {**info, **write(tmp)})
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    finally:
+        torch.set_num_threads(threads)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
 @dataclass(frozen=True)
 class TinyBenchmark:
     """One tiny benchmark's place in the cache and how to build it.
 
     Builds live in ``<cache_dir()>/<name>/<profile>-seed<seed>-v<version>/``; a build is
     complete when its ``BUILD_INFO.json`` has ``version`` and every path of ``needed(root)``
-    exists. ``builder`` names the module whose ``build_into(root, *, profile, params, seed)``
-    builds one (imported only when building, so that importing a benchmark stays cheap).
+    exists. ``builder`` names the module whose ``build_files(out, *, profile, params, seed)``
+    writes one into ``out`` and returns its ``BUILD_INFO.json`` content (imported only when building, so that importing a benchmark stays cheap).
     """
 
     name: str
@@ -125,7 +159,11 @@ class TinyBenchmark:
 
         def build(root: Path) -> None:
             builder = importlib.import_module(self.builder)
-            builder.build_into(root, profile=profile, params=params, seed=seed)
+            build_atomically(
+                root,
+                lambda out: builder.build_files(out, profile=profile, params=params, seed=seed),
+                {"profile": profile, "seed": seed, "version": self.version},
+            )
 
         return ensure_built_at(
             self.root(profile, seed=seed),

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +21,6 @@ from tqdm.auto import tqdm
 from fusion_bench.tinybench import IMAGE_SIZE, TASKS, Profile, train
 from fusion_bench.tinybench import tokenizer as tk
 from fusion_bench.tinybench.data import generate
-from fusion_bench.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +72,10 @@ def _save_dataset(path: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], 
     dd.save_to_disk(str(path))
 
 
-def _build(out: Path, params: Profile, seed: int) -> dict:
-    """Everything but ``BUILD_INFO.json``; returns the info to write."""
+def build_files(out: Path, *, profile: str, params: Profile, seed: int) -> dict:
+    """Write the build of ``profile`` into ``out`` (everything but ``BUILD_INFO.json``, which
+    :meth:`~fusion_bench.tinybench._cache.TinyBenchmark.ensure_built` writes last); return the
+    build's information for that file."""
     defs = _task_defs()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -182,26 +180,3 @@ def _build(out: Path, params: Profile, seed: int) -> dict:
             "datasets": datasets.__version__,
         },
     }
-
-
-def build_into(root: Path, *, profile: str, params: Profile, seed: int) -> Path:
-    """Build into a temporary sibling of ``root`` and rename it to ``root`` when complete."""
-    import fusion_bench.tinybench as tb
-
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))  # tiny matrices: few threads
-    try:
-        info = _build(tmp, params, seed)
-        info = {"profile": profile, "seed": seed, "version": tb.BUILD_VERSION, **info}
-        atomic_write_json(tmp / "BUILD_INFO.json", info)  # the completion marker, last
-        if root.exists():  # an incomplete or outdated build: replace it
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        torch.set_num_threads(threads)
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root

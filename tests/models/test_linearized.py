@@ -8,9 +8,9 @@ from text_helpers import byte_tokenizer, tiny_t5
 from torch import nn
 
 from fusion_bench.errors import FusionBenchError
+from fusion_bench.models.generation import greedy_generate
 from fusion_bench.models.linearized import (
     LinearizedModel,
-    greedy_generate,
     linearized_forward,
     merge_linearized,
     merge_linearized_params,

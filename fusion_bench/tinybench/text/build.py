@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -119,8 +116,10 @@ def _build_gpt2(out: Path, data: dict, params: Profile, seed: int, timings: dict
     }
 
 
-def _build(out: Path, profile: str, params: Profile, seed: int) -> dict:
-    """Everything but ``BUILD_INFO.json``; returns the info to write."""
+def build_files(out: Path, *, profile: str, params: Profile, seed: int) -> dict:
+    """Write the build of ``profile`` into ``out`` (everything but ``BUILD_INFO.json``, which
+    :meth:`~fusion_bench.tinybench._cache.TinyBenchmark.ensure_built` writes last); return the
+    build's information for that file."""
     from fusion_bench.tasks.glue import GLUE_TASKS
 
     timings: dict = {}
@@ -238,26 +237,3 @@ def _build(out: Path, profile: str, params: Profile, seed: int) -> dict:
             "peft": peft.__version__,
         },
     }
-
-
-def build_into(root: Path, *, profile: str, params: Profile, seed: int) -> Path:
-    """Build into a temporary sibling of ``root`` and rename it to ``root`` when complete."""
-    import fusion_bench.tinybench.text as tb
-
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))  # tiny matrices: few threads
-    try:
-        info = _build(tmp, profile, params, seed)
-        info = {"profile": profile, "seed": seed, "version": tb.BUILD_VERSION, **info}
-        atomic_write_json(tmp / "BUILD_INFO.json", info)  # the completion marker, last
-        if root.exists():  # an incomplete or outdated build: replace it
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        torch.set_num_threads(threads)
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
