@@ -154,6 +154,30 @@ def table_rows(
     return header, rows
 
 
+def averages_rows(
+    columns: dict[str, tuple[list[dict[str, Any]], str]],
+) -> tuple[list[str], list[list[str]]]:
+    """One row per method label, one column per named set of runs: that run's average.
+
+    Args:
+        columns: ``column name -> (reports, metric)``, e.g. one grid per model pool.
+
+    Returns:
+        Header and rows; methods in table order of the first set they appear in, ``-`` where a
+        set has no run of that method.
+    """
+    labels: list[str] = []
+    values: dict[tuple[str, str], float | None] = {}
+    for name, (reports, metric) in columns.items():
+        for r in ordered(reports):
+            label = row_label(r)
+            if label not in labels:
+                labels.append(label)
+            values[(label, name)] = average_score(r, metric)
+    rows = [[label, *(_cell(values.get((label, n))) for n in columns)] for label in labels]
+    return ["Method", *columns], rows
+
+
 def comparison_rows(
     reports: list[dict[str, Any]], reference: ReferenceTable, metric: str = "accuracy"
 ) -> tuple[list[str], list[list[str]]]:

@@ -68,3 +68,42 @@ def test_readme_method_table_is_current():
     assert update_readme(README, {"method-table": method_table()}, check=True) == [], (
         "run: python scripts/method_table.py"
     )
+
+
+def test_averages_rows_put_grids_side_by_side():
+    from fusion_bench.tables import averages_rows
+
+    def rep(method, avg, metric="accuracy"):
+        return {
+            "config": {"method": {"_target_": f"x.{method}"}},
+            "metrics": {"a": {metric: avg}},
+            "average": {metric: avg},
+            "run_info": {"choices": {"method": method}, "overrides": [f"method={method}"]},
+            "status": "completed",
+        }
+
+    header, rows = averages_rows(
+        {
+            "T5": (
+                [rep("task_arithmetic", 0.5, "score"), rep("individual", 0.9, "score")],
+                "score",
+            ),
+            "GPT-2": ([rep("task_arithmetic", 0.641)], "accuracy"),
+        }
+    )
+    assert header == ["Method", "T5", "GPT-2"]
+    assert rows == [["Fine-tuned (STL)", "90.0", "-"], ["task_arithmetic", "50.0", "64.1"]]
+
+
+def test_summary_table_column_spec():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "summary_table", Path(__file__).resolve().parent.parent / "scripts" / "summary_table.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.parse_column("T5, full=dir/x@score") == ("T5, full", "dir/x", "score")
+    assert mod.parse_column("GPT-2=dir") == ("GPT-2", "dir", "accuracy")
+    with pytest.raises(ValueError, match="NAME=DIR"):
+        mod.parse_column("no-equals-sign")
