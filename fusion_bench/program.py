@@ -157,6 +157,7 @@ def run(
         method = instantiate(cfg.method, _where(cfg, "method"))
         pool = instantiate(cfg.modelpool, _where(cfg, "modelpool"))
         taskpool = instantiate(cfg.taskpool, _where(cfg, "taskpool"))
+        taskpool.bind_modelpool(pool)
         fabric = build_fabric(cfg.get("fabric"), out)
         seed_everything(int(cfg.get("seed", 0)), verbose=False)
         if fabric.device.type == "cuda":

@@ -89,6 +89,17 @@ class CLIPVisionModelPool(BaseModelPool):
         self._classifier: CLIPZeroShotClassifier | None = None
 
     # -- data-dependent methods ----------------------------------------------------------------
+    def zero_shot_text_tower(self):
+        """The text side of the CLIP these vision towers belong to (heads, transform, logits):
+        ``clip_model``, else the ``_pretrained_`` CLIP. Task pools evaluating this pool's models
+        with a text tower of another library switch to this one."""
+        from fusion_bench.zero_shot.text_towers import HFTextTower
+
+        return HFTextTower(
+            self.clip_model or self.location(PRETRAINED),
+            hint="modelpool.clip_model=/path/to/clip",
+        )
+
     def classifier(self) -> CLIPZeroShotClassifier:
         """The zero-shot classifier over this pool's tasks (nothing loads until it is used)."""
         if self._classifier is None:
@@ -99,9 +110,8 @@ class CLIPVisionModelPool(BaseModelPool):
                     "this method needs task data but the model pool has none; add "
                     "modelpool.tasks.<task>.dataset=<location> (see config/modelpool/*.yaml)"
                 )
-            clip = self.clip_model or self.location(PRETRAINED)
             self._classifier = CLIPZeroShotClassifier(
-                clip, self.tasks, self.head_cache_dir, "modelpool"
+                self.zero_shot_text_tower(), self.tasks, self.head_cache_dir, "modelpool"
             )
         return self._classifier
 

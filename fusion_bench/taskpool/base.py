@@ -197,6 +197,10 @@ class BaseTaskPool:
     def prepare(self) -> None:
         """Load what evaluation needs (tokenizers, heads, datasets). Default: nothing."""
 
+    def bind_modelpool(self, modelpool: Any) -> None:
+        """Adapt to the model pool whose models will be evaluated (called by the runner before
+        fusion). Default: nothing; the CLIP task pool takes an open_clip pool's text tower."""
+
     def task_evaluation(self, name: str, model: nn.Module, device: torch.device) -> TaskEvaluation:
         """How to evaluate ``model`` on task ``name`` (move the model to ``device`` here)."""
         raise NotImplementedError

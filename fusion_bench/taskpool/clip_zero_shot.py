@@ -14,6 +14,7 @@ and reports top-1 accuracy and mean cross-entropy per task.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ from fusion_bench.taskpool.base import (
 )
 from fusion_bench.zero_shot.classifier import CLIPZeroShotClassifier
 from fusion_bench.zero_shot.tasks import ImageTask, parse_task, plain
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import datasets
@@ -105,10 +108,40 @@ class CLIPZeroShotTaskPool(BaseTaskPool):
         """``{task: {"version", "dataset", "split"[, "subset"]}}`` for the report."""
         out: dict[str, Any] = {}
         for name, t in self.tasks.items():
-            out[name] = {"version": t.version, "dataset": t.dataset, "split": t.split}
+            out[name] = {
+                "version": t.version,
+                "dataset": t.dataset,
+                "split": t.split,
+                "text_tower": self.classifier.clip_model,
+            }
             if t.subset is not None:
                 out[name]["subset"] = t.subset
         return out
+
+    def bind_modelpool(self, modelpool: Any) -> None:
+        """Use the model pool's own text tower when its vision towers come from another library.
+
+        The heads must come from the CLIP the experts were fine-tuned against: an open_clip pool
+        (``modelpool=openclip-vit-b32``) evaluated with ``taskpool=clip-vit-b32_TA8`` (whose
+        ``clip_model`` is a Hugging Face CLIP) gets open_clip heads, projection and transforms;
+        the report's task metadata names the text tower used. A pool of the same library keeps
+        this task pool's ``clip_model``.
+        """
+        own = getattr(modelpool, "zero_shot_text_tower", None)
+        if own is None:
+            return
+        tower = own()
+        if tower.library == self.classifier.text_tower.library:
+            return
+        log.info(
+            "taskpool: the model pool holds %s vision towers; zero-shot heads from its text "
+            "tower %s instead of %s",
+            tower.library,
+            tower.description,
+            self.clip_model,
+        )
+        self.clip_model = tower.description
+        self.classifier = CLIPZeroShotClassifier(tower, self.tasks, self.head_cache_dir, "taskpool")
 
     # -- loading (delegated to the shared zero-shot classifier) ------------------------------
     def load_clip(self) -> tuple[nn.Module, Any]:

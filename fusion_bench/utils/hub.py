@@ -2,9 +2,10 @@
 
 Every location in a config is one of
   * a local path (``/data/clip``, ``./ckpt``, ``~/models/x``) — used as it is;
-  * ``tiny://<profile>/<relative path>`` — a file of the offline tiny CLIP benchmark, and
-    ``tiny-text://<profile>/<relative path>`` one of the tiny text (GLUE) benchmark, built on
-    first use;
+  * ``tiny://<profile>/<relative path>`` — a file of the offline tiny CLIP benchmark,
+    ``tiny-text://<profile>/<relative path>`` one of the tiny text (GLUE) benchmark, and
+    ``tiny-openclip://<profile>/<relative path>`` one of the tiny CLIP benchmark converted to
+    open_clip formats, built on first use;
   * a Hugging Face hub id (``openai/clip-vit-base-patch32``) — the real code path.
 
 Hub ids are first tried from the local HF cache. If that misses and the hub cannot be reached,
@@ -29,6 +30,7 @@ TINY_SCHEME = "tiny://"
 TINY_BENCHMARKS = {
     TINY_SCHEME: "fusion_bench.tinybench",
     "tiny-text://": "fusion_bench.tinybench.text",
+    "tiny-openclip://": "fusion_bench.tinybench.openclip",
 }
 
 

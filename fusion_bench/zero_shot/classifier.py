@@ -1,7 +1,8 @@
 """A CLIP text tower turned into per-task classifiers for any vision tower.
 
-:class:`CLIPZeroShotClassifier` loads (lazily, once) the full CLIP at ``clip_model`` without its
-vision tower, its tokenizer and image processor; opens each task's dataset splits; computes each
+:class:`CLIPZeroShotClassifier` loads (lazily, once, through a text tower of
+:mod:`fusion_bench.zero_shot.text_towers`: Hugging Face or open_clip) the CLIP without its
+vision tower, its tokenizer and image transform; opens each task's dataset splits; computes each
 task's zero-shot head once per text tower (cached on disk); and computes logits of a given vision
 tower. The CLIP task pool evaluates with it; the CLIP model pool hands it to data-dependent
 methods (task logits on training / test batches).
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fusion_bench.errors import FusionBenchError
 from fusion_bench.zero_shot.tasks import ImageTask
+from fusion_bench.zero_shot.text_towers import HFTextTower, OpenCLIPTextTower
 
 if TYPE_CHECKING:
     import datasets
@@ -39,8 +41,9 @@ class CLIPZeroShotClassifier:
     """Zero-shot heads and logits of a CLIP text tower for a set of image tasks.
 
     Args:
-        clip_model: location of the full CLIP (hub id, ``save_pretrained`` dir or ``tiny://``);
-            its tokenizer and image processor are read from the same location.
+        clip_model: location of the full Hugging Face CLIP (hub id, ``save_pretrained`` dir or
+            ``tiny://``; its tokenizer and image processor are read from the same location), or
+            a text tower of :mod:`fusion_bench.zero_shot.text_towers` (e.g. an open_clip one).
         tasks: parsed task configs by name.
         head_cache_dir: directory of the zero-shot head cache.
         config_prefix: how configs name these tasks in errors (``taskpool`` / ``modelpool``).
@@ -48,21 +51,25 @@ class CLIPZeroShotClassifier:
 
     def __init__(
         self,
-        clip_model: str,
+        clip_model: str | HFTextTower | OpenCLIPTextTower,
         tasks: Mapping[str, ImageTask],
         head_cache_dir: str,
         config_prefix: str,
     ) -> None:
-        self.clip_model = str(clip_model)
+        if isinstance(clip_model, str):
+            clip_model = HFTextTower(clip_model, hint=f"{config_prefix}.clip_model=/path/to/clip")
+        self.text_tower = clip_model
         self.tasks = dict(tasks)
         self.head_cache_dir = str(head_cache_dir)
         self.prefix = config_prefix
-        self._clip: nn.Module | None = None
-        self._tokenizer = None
-        self._transform = None
         self._fingerprint: str | None = None
         self._datasets: dict[tuple[str, str], datasets.Dataset] = {}
         self._heads: dict[tuple[str, str], torch.Tensor] = {}
+
+    @property
+    def clip_model(self) -> str:
+        """Which text tower gives the heads (a location, or a library + model description)."""
+        return self.text_tower.description
 
     def task(self, name: str) -> ImageTask:
         try:
@@ -75,32 +82,12 @@ class CLIPZeroShotClassifier:
     # -- loading -----------------------------------------------------------------------------
     def load_clip(self) -> tuple[nn.Module, Any]:
         """The CLIP model (without its vision tower) and tokenizer, loaded once."""
-        if self._clip is None:
-            from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
-
-            from fusion_bench.models.clip_zero_shot import image_transform
-            from fusion_bench.utils.hub import load_with_fallback
-
-            kw = {"what": "CLIP model", "hint": f"{self.prefix}.clip_model=/path/to/clip"}
-            clip = load_with_fallback(CLIPModel.from_pretrained, self.clip_model, **kw)
-            self._tokenizer = load_with_fallback(
-                AutoTokenizer.from_pretrained, self.clip_model, **kw
-            )
-            processor = load_with_fallback(
-                AutoImageProcessor.from_pretrained, self.clip_model, **kw
-            )
-            self._transform = image_transform(processor)
-            # The vision tower under evaluation replaces CLIP's own, so drop it instead of
-            # holding (and moving to the device) a second one.
-            del clip.vision_model
-            self._clip = clip.eval().requires_grad_(False)
-        return self._clip, self._tokenizer
+        return self.text_tower.load()
 
     @property
     def transform(self):
         """The image transform of the CLIP's image processor (loads CLIP on first use)."""
-        self.load_clip()
-        return self._transform
+        return self.text_tower.transform
 
     def load_dataset(self, name: str, split: str | None = None) -> datasets.Dataset:
         """Split ``split`` (default: the task's ``split``) of task ``name``, opened once and checked."""
@@ -143,24 +130,14 @@ class CLIPZeroShotClassifier:
     # -- heads and logits ---------------------------------------------------------------------
     def zero_shot_head(self, name: str, device: torch.device | str | None = None) -> torch.Tensor:
         """Head ``[num_classes, embed_dim]`` of task ``name`` from the disk cache or computed."""
-        from fusion_bench.models import clip_zero_shot
-        from fusion_bench.zero_shot.head_cache import (
-            ZeroShotHeadCache,
-            head_key,
-            text_tower_fingerprint,
-        )
+        from fusion_bench.zero_shot.head_cache import ZeroShotHeadCache, head_key
 
-        clip, tokenizer = self.load_clip()
         if self._fingerprint is None:
-            self._fingerprint = text_tower_fingerprint(clip, tokenizer)
+            self._fingerprint = self.text_tower.fingerprint()
         t = self.task(name)
         key = head_key(self._fingerprint, t.classnames, t.templates)
         head = ZeroShotHeadCache(self.head_cache_dir).get_or_compute(
-            key,
-            lambda: clip_zero_shot.zero_shot_head(
-                clip, tokenizer, t.classnames, t.templates, device=device
-            ),
-            task=name,
+            key, lambda: self.text_tower.head(t.classnames, t.templates, device), task=name
         )
         return head if device is None else head.to(device)
 
@@ -177,19 +154,15 @@ class CLIPZeroShotClassifier:
 
     def to(self, device: torch.device | str) -> CLIPZeroShotClassifier:
         """Move the text-side CLIP modules (projection, logit scale) to ``device``."""
-        clip, _ = self.load_clip()
-        clip.to(device)
+        self.text_tower.to(device)
         return self
 
     def logits(
         self, model: nn.Module, pixel_values: torch.Tensor, head: torch.Tensor
     ) -> torch.Tensor:
         """Zero-shot logits ``[batch, classes]``; an ensemble averages its members' logits."""
-        from fusion_bench.models.clip_zero_shot import zero_shot_logits
-
-        clip, _ = self.load_clip()
         members = ensemble_members(model)
-        out = zero_shot_logits(clip, members[0], pixel_values, head)
+        out = self.text_tower.logits(members[0], pixel_values, head)
         for member in members[1:]:
-            out = out + zero_shot_logits(clip, member, pixel_values, head)
+            out = out + self.text_tower.logits(member, pixel_values, head)
         return out / len(members)

@@ -33,7 +33,7 @@ _TEXT_CONFIG_FIELDS = (
 )
 
 
-def _hash_tensors(h, prefix: str, module: nn.Module) -> None:
+def hash_tensors(h, prefix: str, module: nn.Module) -> None:
     import torch
 
     for key, tensor in sorted(module.state_dict().items()):
@@ -52,8 +52,8 @@ def text_tower_fingerprint(clip_model: nn.Module, tokenizer) -> str:
             padding settings is not, since it does not change token ids).
     """
     h = hashlib.sha256()
-    _hash_tensors(h, "text_model.", clip_model.text_model)
-    _hash_tensors(h, "text_projection.", clip_model.text_projection)
+    hash_tensors(h, "text_model.", clip_model.text_model)
+    hash_tensors(h, "text_projection.", clip_model.text_projection)
     text_config = clip_model.config.text_config
     h.update(json.dumps({f: getattr(text_config, f, None) for f in _TEXT_CONFIG_FIELDS}).encode())
     vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}

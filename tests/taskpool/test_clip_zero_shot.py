@@ -252,15 +252,22 @@ def test_metadata_and_registry_defaults(make_pool, dataset_dirs):
             "cars": {"dataset": "x/y", "text_task": "stanford-cars", "metadata": {"version": 2}},
         }
     )
+    tower = pool.clip_model
     assert pool.metadata() == {
-        "eurosat": {"version": 3, "dataset": "tanganke/eurosat", "split": "test"},
+        "eurosat": {
+            "version": 3,
+            "dataset": "tanganke/eurosat",
+            "split": "test",
+            "text_tower": tower,
+        },
         "svhn": {
             "version": 1,
             "dataset": "ufldl-stanford/svhn",
             "split": "test",
             "subset": "cropped_digits",
+            "text_tower": tower,
         },
-        "cars": {"version": 2, "dataset": "x/y", "split": "test"},
+        "cars": {"version": 2, "dataset": "x/y", "split": "test", "text_tower": tower},
     }
     assert len(pool.tasks["eurosat"].classnames) == 10
     assert len(pool.tasks["cars"].classnames) == 196

@@ -74,7 +74,7 @@ def test_pool_instantiates_without_io(option, monkeypatch, tmp_path):
     assert pool.task_names == (TINY_TASKS if "tiny" in option else REAL_TASKS)
     assert set(pool.metadata()) == set(pool.task_names)
     assert pool.head_cache_dir == str(tmp_path / "zero_shot_heads")
-    assert pool.classifier._clip is None  # nothing loaded until evaluation
+    assert pool.classifier.text_tower._clip is None  # nothing loaded until evaluation
     expected = {"sun397": 397, "stanford-cars": 196, "gtsrb": 43, "dtd": 47}
     for name, n in expected.items():
         if name in pool.tasks:
