@@ -52,17 +52,31 @@ def _fmt(name: str, value: float | None) -> str:
     return f"{100 * value:.1f}" if name in PERCENT_METRICS else f"{value:.4f}"
 
 
+AUTO_OBJECTIVES = ("score", "accuracy")
+"""``objective=auto`` takes the first of these a run reports: GLUE text pools' ``score``
+(accuracy, or Spearman for STS-B), else ``accuracy`` (CLIP, GPT-2)."""
+
+
+def objective_metric(average: Mapping[str, float], metric: str | None) -> str | None:
+    """The metric ``objective=metric`` names for a run with ``average`` (resolves ``auto``)."""
+    if metric == "auto":
+        return next((m for m in AUTO_OBJECTIVES if average.get(m) is not None), "auto")
+    return metric
+
+
 def objective_value(average: Mapping[str, float], metric: str | None) -> float | None:
     """The value a run returns to Hydra's sweeper: its average of ``metric`` over tasks.
 
     Args:
         average: the report's ``average`` (``{metric: mean over tasks}``).
-        metric: the root key ``objective`` (e.g. ``accuracy``); ``None``: no objective.
+        metric: the root key ``objective`` (e.g. ``accuracy``, or ``auto``: see
+            :data:`AUTO_OBJECTIVES`); ``None``: no objective.
 
     Returns:
         The average as a float, or ``None`` when there is no objective or the run lacks that
         metric (the Optuna sweeper records a ``None`` as a failed trial, never as a score).
     """
+    metric = objective_metric(average, metric)
     if metric is None or average.get(metric) is None:
         return None
     return float(average[metric])
@@ -70,15 +84,19 @@ def objective_value(average: Mapping[str, float], metric: str | None) -> float |
 
 def _objective(report: Report, cfg: DictConfig, multirun: bool) -> float | None:
     """:func:`objective_value` of ``report`` for ``cfg.objective``, logging a missing metric."""
-    metric = cfg.get("objective")
+    asked = cfg.get("objective")
+    metric = objective_metric(report.average, asked)
     value = objective_value(report.average, metric)
     if value is None and metric is not None and multirun:
         # Only a sweeper reads the return value, so a single run does not warn about it.
+        wanted = (
+            " or ".join(f"'{m}'" for m in AUTO_OBJECTIVES) if metric == "auto" else f"'{metric}'"
+        )
         log.warning(
-            "objective '%s': this run has no average '%s' (it has: %s); returning None, which "
+            "objective '%s': this run has no average %s (it has: %s); returning None, which "
             "an Optuna trial counts as failed; set objective=<one of them>",
-            metric,
-            metric,
+            asked,
+            wanted,
             ", ".join(sorted(report.average)) or "none",
         )
     return value

@@ -20,6 +20,9 @@ from fusion_bench.report import config_key
         ({"score": 0.5}, "accuracy", None),  # GLUE text reports score: a failed trial, not 0
         ({"accuracy": 0.75}, None, None),
         ({}, "accuracy", None),
+        ({"score": 0.5, "parsed": 1.0}, "auto", 0.5),  # GLUE text pools
+        ({"accuracy": 0.75, "loss": 1.5}, "auto", 0.75),  # CLIP, GPT-2
+        ({"loss": 1.5}, "auto", None),
     ],
 )
 def test_objective_value(average, metric, expected):
@@ -37,6 +40,17 @@ def test_missing_metric_is_logged_in_multirun_only(caplog):
     (record,) = caplog.records
     assert "no average 'accuracy' (it has: parsed, score)" in record.getMessage()
     assert _objective(report, OmegaConf.create({"objective": "score"}), multirun=True) == 0.5
+    assert _objective(report, OmegaConf.create({"objective": "auto"}), multirun=True) == 0.5
+
+
+def test_auto_without_a_known_metric_names_what_the_run_has(caplog):
+    report = SimpleNamespace(average={"loss": 1.5})
+    with caplog.at_level(logging.WARNING, logger="fusion_bench"):
+        assert _objective(report, OmegaConf.create({"objective": "auto"}), multirun=True) is None
+    (record,) = caplog.records
+    assert "objective 'auto': this run has no average 'score' or 'accuracy' (it has: loss)" in (
+        record.getMessage()
+    )
 
 
 def test_objective_is_not_part_of_the_config_key_nor_of_dir_names():
@@ -48,5 +62,5 @@ def test_objective_is_not_part_of_the_config_key_nor_of_dir_names():
     assert config_key(cfg) == config_key({**cfg, "objective": "loss"})
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         composed = compose("fusion_bench", return_hydra_config=True)
-    assert composed.objective == "accuracy"
+    assert composed.objective == "auto"
     assert "objective" in composed.hydra.job.config.override_dirname.exclude_keys

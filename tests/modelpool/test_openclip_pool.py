@@ -362,3 +362,18 @@ def test_regmean_treats_mlp_layers_by_regression_and_averages_attention(method_s
     mlp = "transformer.resblocks.0.mlp.c_fc.weight"
     torch.testing.assert_close(reg[attn], avg[attn])
     assert (reg[mlp] - avg[mlp]).abs().max() > 1e-4
+
+
+def test_offline_pretrained_tag_fails_at_once_with_the_override(monkeypatch):
+    import fusion_bench.models.openclip as openclip
+    import fusion_bench.utils.hub as hub
+    from fusion_bench.modelpool.openclip import OpenCLIPVisionModelPool
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(openclip, "_cached_tag_file", lambda cfg: None)  # nothing cached
+    pool = OpenCLIPVisionModelPool({"_pretrained_": "openai"}, arch="ViT-B-32")
+    with pytest.raises(FusionBenchError) as err:
+        pool.load_pretrained()
+    msg = str(err.value)
+    assert "cannot reach the hub to fetch open_clip weights 'ViT-B-32' / 'openai'" in msg
+    assert "modelpool.models._pretrained_=" in msg and "\n" not in msg
