@@ -20,7 +20,6 @@ from fusion_bench.models.twin_moe import (
     TWIN_MODULES,
     TwinMergingModel,
     TwinRouter,
-    extract_features,
     routing,
 )
 
@@ -36,11 +35,6 @@ BASE_METHODS: dict[str, str] = {
 """``base_method`` name -> the class that computes the shared model."""
 
 ROUTER_SPLITS: tuple[str, ...] = ("validation", "train")
-
-
-def _call(model: nn.Module, inputs: Any) -> Any:
-    """Run ``model`` on a dataset's inputs: keyword arguments for a mapping, else positional."""
-    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
 
 
 class TwinMerging(BaseMethod):
@@ -197,8 +191,11 @@ class TwinMerging(BaseMethod):
         return out
 
     @torch.no_grad()
-    def features(self, fabric: Fabric, backbone: nn.Module, dataset) -> torch.Tensor:
-        """The shared model's features ``[N, d]`` (float32, CPU) of a dataset's inputs."""
+    def features(
+        self, fabric: Fabric, model: TwinMergingModel, dataset, pool: BaseModelPool
+    ) -> torch.Tensor:
+        """The shared model's features ``[N, d]`` (float32, CPU) of a dataset's inputs, computed
+        by ``model.features`` (the router's inputs at evaluation too) called the pool's way."""
         from torch.utils.data import DataLoader
 
         loader = fabric.setup_dataloaders(
@@ -207,7 +204,7 @@ class TwinMerging(BaseMethod):
         chunks = []
         with routing(None), fabric.autocast():  # no routing: the shared model
             for inputs, _labels in loader:
-                f = extract_features(_call(backbone, inputs), self.router_feature)
+                f = pool.backbone_call(model.features, inputs)
                 chunks.append(f.float().cpu())
         return torch.cat(chunks)
 
@@ -347,7 +344,8 @@ class TwinMerging(BaseMethod):
         params_shared = sum(p.numel() for p in shared.parameters())
         layer_info = self.twin_layers(pool, shared, fabric.device)
         shared = shared.to(fabric.device).eval().requires_grad_(False)
-        feats = [self.features(fabric, shared, ds) for ds in datasets]
+        probe = TwinMergingModel(shared, nn.Identity(), self.router_feature, pool.names)
+        feats = [self.features(fabric, probe, ds, pool) for ds in datasets]
         router, router_info = self.train_router(fabric, feats)
         model = TwinMergingModel(shared, router, self.router_feature, pool.names).eval()
         self._router = router

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fusion_bench.constants import PRETRAINED
@@ -118,6 +118,12 @@ class BaseModelPool:
         Gram matrices). Default: :meth:`task_logits`; sequence models override it to run the
         whole target sequence (teacher forcing) when ``inputs`` carry it."""
         return self.task_logits(model, task, inputs)
+
+    def backbone_call(self, model: Callable[..., Any], inputs: Any) -> Any:
+        """Run a backbone of this pool (or a callable taking its arguments) on a batch of
+        :meth:`task_dataset` inputs. Default: keyword arguments for a mapping, else the
+        tensor as the one positional argument (``pixel_values``)."""
+        return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
 
     def mlp_names(self, model: nn.Module) -> list[str]:
         """Qualified names of the Transformer MLP blocks of ``model`` (for MoE upscaling)."""

@@ -157,6 +157,10 @@ class GPT2ClassificationPool(BaseModelPool):
 
         return last_token_logits(model, self.head(task), inputs[:, 0], inputs[:, 1])
 
+    def backbone_call(self, model, inputs: torch.Tensor):
+        """The backbone on ``[B, 2, L]`` inputs (token ids, attention mask)."""
+        return model(input_ids=inputs[:, 0], attention_mask=inputs[:, 1])
+
     def mlp_names(self, model: nn.Module) -> list[str]:
         """The MLP of every Transformer block (``h.<i>.mlp``)."""
         names = [n for n, _ in model.named_modules() if n.endswith(".mlp")]

@@ -365,6 +365,14 @@ class Seq2SeqLMPool(BaseModelPool):
             decoder_attention_mask=decoder_mask,
         ).logits
 
+    def backbone_call(self, model, inputs):
+        """Not available: a text-to-text model is evaluated by generation, which a per-input
+        routed model (twin_merging) does not implement."""
+        raise FusionBenchError(
+            f"{type(self).__name__}: per-input routing through generation is not implemented, "
+            "so twin_merging cannot run on text-to-text pools; use a CLIP or GPT-2 pool"
+        )
+
     def mlp_names(self, model: nn.Module) -> list[str]:
         """The feed-forward block of every encoder and decoder layer."""
         names = [n for n, _ in model.named_modules() if n.endswith(".DenseReluDense")]

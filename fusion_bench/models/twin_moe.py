@@ -217,7 +217,9 @@ TWIN_MODULES: dict[str, type[_TwinModule]] = {
 """Kind of routed module -> its wrapper."""
 
 
-def extract_features(output: Any, feature: str = "auto") -> torch.Tensor:
+def extract_features(
+    output: Any, feature: str = "auto", attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-sample features ``[B, d]`` of a backbone's forward output, the router's input.
 
     Args:
@@ -227,6 +229,8 @@ def extract_features(output: Any, feature: str = "auto") -> torch.Tensor:
             ``"mean"``: the mean over tokens of the last hidden state (the Twin-Merging reference
             implementation's choice); ``"auto"``: ``pooler_output`` if present, else ``"mean"``.
             A 2-D hidden state is already per sample and is used as is.
+        attention_mask: ``[B, L]`` mask of real tokens (text models): the mean runs over them
+            only, so padding does not move an input's features.
     """
     if feature not in FEATURES:
         raise FusionBenchError(f"router feature must be one of {FEATURES}, got '{feature}'")
@@ -246,7 +250,12 @@ def extract_features(output: Any, feature: str = "auto") -> torch.Tensor:
             f"cannot take router features from a {type(output).__name__}: expected an output "
             "with pooler_output / last_hidden_state or a [batch, ...] tensor"
         )
-    return hidden if hidden.dim() == 2 else hidden.flatten(1, -2).mean(dim=1)
+    if hidden.dim() == 2:
+        return hidden
+    if attention_mask is not None and hidden.dim() == 3:
+        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    return hidden.flatten(1, -2).mean(dim=1)
 
 
 class TwinRouter(nn.Module):
@@ -319,7 +328,8 @@ class TwinMergingModel(nn.Module):
     def features(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The shared model's features of the input (no routing, no gradient)."""
         with routing(None):
-            return extract_features(self.backbone(*args, **kwargs), self.feature)
+            output = self.backbone(*args, **kwargs)
+            return extract_features(output, self.feature, kwargs.get("attention_mask"))
 
     def routing_weights(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """``softmax(router(features))`` over tasks, ``[B, T]`` in float32."""

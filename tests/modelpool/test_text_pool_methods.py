@@ -16,7 +16,13 @@ from fusion_bench.taskpool.glue_text_generation import GLUETextGenerationTaskPoo
 from fusion_bench.taskpool.gpt2_glue import GPT2GLUETaskPool
 
 TASKS = ("cola", "sst2")
-SHORT = {"max_steps": 2, "num_fisher_examples": 2, "num_regmean_examples": 2, "batch_size": 2}
+SHORT = {
+    "max_steps": 2,
+    "adamerging_steps": 2,
+    "num_fisher_examples": 2,
+    "num_regmean_examples": 2,
+    "batch_size": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +79,8 @@ def test_tied_embeddings_are_merged_once(pools):
         "regmean",
         "regmean_plusplus",
         "adamerging",
+        "concrete_task_arithmetic",
+        "concrete_adamerging",
         "weight_ensembling_moe",
         "smile_upscaling",
     ],
@@ -97,3 +105,26 @@ def test_method_runs_on_text_pools(request, family, method):
         not torch.equal(v, pre[k]) for k, v in fused.state_dict().items() if k in pre
     ) or len(fused.state_dict()) != len(pre)
     assert changed  # the experts made a difference
+
+
+def test_twin_merging_routes_gpt2_inputs_and_t5_pools_refuse_it(pools, gpt2_pools):
+    from fusion_bench.errors import FusionBenchError
+    from fusion_bench.models.twin_moe import TwinMergingModel
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("fusion_bench", overrides=["method=glue/twin_merging"]).method
+    assert cfg.router_split == "train"
+    cfg.max_steps, cfg.batch_size = 2, 2
+    pool, taskpool = gpt2_pools
+    fused = instantiate(cfg).run(pool)
+    assert isinstance(fused, TwinMergingModel)
+    ids = torch.tensor([[5, 6, 7, 0], [5, 6, 0, 0]])
+    mask = (ids != 0).long()
+    weights = fused.routing_weights(input_ids=ids, attention_mask=mask)
+    assert weights.shape == (2, len(TASKS))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+    out = taskpool.evaluate(fused)
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in out.values())
+    t5_pool, _ = pools
+    with pytest.raises(FusionBenchError, match="twin_merging cannot run on text-to-text pools"):
+        instantiate(cfg).run(t5_pool)

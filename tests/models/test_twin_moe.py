@@ -180,6 +180,18 @@ def test_extract_features():
         extract_features(both, "cls")
 
 
+def test_mean_features_skip_padding():
+    hidden = torch.arange(24.0).reshape(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    out = extract_features(SimpleNamespace(last_hidden_state=hidden), "mean", mask)
+    torch.testing.assert_close(out[0], hidden[0, :2].mean(0))
+    torch.testing.assert_close(out[1], hidden[1, 0])
+    padded = hidden.clone()
+    padded[0, 2] = 1e6  # what sits under padding does not matter
+    again = extract_features(SimpleNamespace(last_hidden_state=padded), "mean", mask)
+    torch.testing.assert_close(again, out)
+
+
 # -- the whole model -----------------------------------------------------------------------
 def _linear_backbone(seed: int) -> nn.Module:
     """Only linear layers carry parameters: a routed forward can reproduce an expert exactly."""
