@@ -22,7 +22,35 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-class HFTextTower:
+class _TextTower:
+    """What both libraries' text sides share: lazy loading state, the transform, device moves.
+    Subclasses implement ``load() -> (clip without vision tower, tokenizer)`` (setting
+    ``_transform``), ``description``, ``fingerprint``, ``head`` and ``logits``."""
+
+    library = ""
+
+    def __init__(self, hint: str) -> None:
+        self.hint = hint
+        self._clip: nn.Module | None = None
+        self._tokenizer = None
+        self._transform = None
+
+    def load(self) -> tuple[nn.Module, Any]:
+        raise NotImplementedError
+
+    @property
+    def transform(self):
+        """The image transform of this CLIP (loads it on first use)."""
+        self.load()
+        return self._transform
+
+    def to(self, device) -> _TextTower:
+        """Move the text-side modules (projection, logit scale) to ``device``."""
+        self.load()[0].to(device)
+        return self
+
+
+class HFTextTower(_TextTower):
     """The text side of a ``transformers.CLIPModel`` (its vision tower is dropped on load).
 
     Args:
@@ -34,11 +62,8 @@ class HFTextTower:
     library = "transformers"
 
     def __init__(self, location: str, *, hint: str) -> None:
+        super().__init__(hint)
         self.location = str(location)
-        self.hint = hint
-        self._clip: nn.Module | None = None
-        self._tokenizer = None
-        self._transform = None
 
     @property
     def description(self) -> str:
@@ -63,11 +88,6 @@ class HFTextTower:
             self._clip = clip.eval().requires_grad_(False)
         return self._clip, self._tokenizer
 
-    @property
-    def transform(self):
-        self.load()
-        return self._transform
-
     def fingerprint(self) -> str:
         from fusion_bench.zero_shot.head_cache import text_tower_fingerprint
 
@@ -88,12 +108,8 @@ class HFTextTower:
 
         return zero_shot_logits(self.load()[0], vision, pixel_values, head)
 
-    def to(self, device) -> HFTextTower:
-        self.load()[0].to(device)
-        return self
 
-
-class OpenCLIPTextTower:
+class OpenCLIPTextTower(_TextTower):
     """The text side of an open_clip ``CLIP`` (its ``visual`` is dropped on load).
 
     Args:
@@ -116,14 +132,11 @@ class OpenCLIPTextTower:
         tokenizer: str | None = None,
         model_config: str | None = None,
     ) -> None:
+        super().__init__(hint)
         self.arch = str(arch)
         self.pretrained = str(pretrained)
-        self.hint = hint
         self.tokenizer_location = tokenizer
         self.model_config = model_config
-        self._clip: nn.Module | None = None
-        self._tokenizer = None
-        self._transform = None
 
     @property
     def description(self) -> str:
@@ -151,11 +164,6 @@ class OpenCLIPTextTower:
             del clip.visual
             self._clip = clip.requires_grad_(False)
         return self._clip, self._tokenizer
-
-    @property
-    def transform(self):
-        self.load()
-        return self._transform
 
     def fingerprint(self) -> str:
         """sha256 over the text-side weights, the architecture and the tokenizer."""
@@ -197,7 +205,3 @@ class OpenCLIPTextTower:
 
         emb = F.normalize(vision(pixel_values), dim=-1)
         return self.load()[0].logit_scale.exp() * emb @ head.to(emb.dtype).T
-
-    def to(self, device) -> OpenCLIPTextTower:
-        self.load()[0].to(device)
-        return self
