@@ -226,11 +226,16 @@ class _LenientUnpickler(pickle.Unpickler):
             return _stub_module() if name[:1].isupper() else _Stub
 
 
+def _lenient_load(file, **kwargs: Any) -> Any:
+    return _LenientUnpickler(file, **kwargs).load()
+
+
 class _LenientPickle:
-    """The ``pickle_module`` given to ``torch.load``."""
+    """The ``pickle_module`` given to ``torch.load`` (zip files use ``Unpickler``, legacy
+    files ``load``: both resolve classes leniently)."""
 
     Unpickler = _LenientUnpickler
-    load = staticmethod(pickle.load)
+    load = staticmethod(_lenient_load)
     __name__ = "fusion_bench_lenient_pickle"
 
 

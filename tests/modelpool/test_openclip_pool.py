@@ -43,7 +43,7 @@ def _arch_config(vocab_size: int, eos_id: int) -> dict:
     }
 
 
-def _pickled_image_encoder(clip, path: Path) -> None:
+def _pickled_image_encoder(clip, path: Path, legacy: bool = False) -> None:
     """Save ``clip`` the way the task-vectors release does: a pickled ``src.modeling.ImageEncoder``
     holding the CLIP without its text transformer. The class exists only while saving, so loading
     cannot import it (as for users without that repository)."""
@@ -65,7 +65,7 @@ def _pickled_image_encoder(clip, path: Path) -> None:
 
         model = copy.deepcopy(clip)
         del model.transformer
-        torch.save(ImageEncoder(model), path)
+        torch.save(ImageEncoder(model), path, _use_new_zipfile_serialization=not legacy)
     finally:
         del sys.modules["src"], sys.modules["src.modeling"]
 
@@ -107,6 +107,7 @@ def openclip_files(tmp_path_factory, dataset_dirs):
         ft.load_state_dict(clip.state_dict())
         ft.visual.load_state_dict(expert)
         _pickled_image_encoder(ft, root / name / "finetuned.pt")
+        _pickled_image_encoder(ft, root / f"{name}_legacy.pt", legacy=True)  # torch < 1.6 format
         files[name] = expert
     files["tasks"] = {n: task_cfg(dataset_dirs[n], c) for n, c in CLASSNAMES.items()}
     return files
@@ -152,6 +153,8 @@ def test_pickled_module_needs_the_opt_in(openclip_files):
     assert "\n" not in msg
     assert "modelpool.allow_pickle=true" in msg and "convert_openclip_checkpoints.py" in msg
     _equal(_pool(f, {"b": path}, allow_pickle=True).load_model("b").state_dict(), f["b"])
+    legacy = str(f["root"] / "b_legacy.pt")
+    _equal(_pool(f, {"b": legacy}, allow_pickle=True).load_model("b").state_dict(), f["b"])
 
 
 @pytest.fixture(scope="module")
