@@ -59,8 +59,8 @@ def _cached_tag_file(cfg: dict) -> str | None:
     if hf:
         from huggingface_hub import try_to_load_from_cache
 
-        repo, filename = os.path.split(hf.rstrip("/")) if hf.count("/") > 1 else (hf, "")
-        repo = repo if filename else hf.rstrip("/")
+        parts = hf.strip("/").split("/")  # "org/repo/" or "org/repo/file"
+        repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
         for name in ([filename] if filename else []) + [
             "open_clip_model.safetensors",
             "open_clip_pytorch_model.bin",

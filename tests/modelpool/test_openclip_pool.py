@@ -380,3 +380,26 @@ def test_offline_pretrained_tag_fails_at_once_with_the_override(monkeypatch):
     msg = str(err.value)
     assert "cannot reach the hub to fetch open_clip weights 'ViT-B-32' / 'openai'" in msg
     assert "modelpool.models._pretrained_=" in msg and "\n" not in msg
+
+
+def test_cached_tag_file_looks_where_open_clip_downloads(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    import fusion_bench.models.openclip as openclip
+
+    asked = []
+
+    def lookup(repo, name):
+        asked.append((repo, name))
+        return str(tmp_path / name) if name == "open_clip_pytorch_model.bin" else None
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lookup)
+    cfg = {"hf_hub": "timm/vit_base_patch32_clip_224.openai/"}
+    assert openclip._cached_tag_file(cfg) == str(tmp_path / "open_clip_pytorch_model.bin")
+    assert asked[0] == ("timm/vit_base_patch32_clip_224.openai", "open_clip_model.safetensors")
+    asked.clear()
+    monkeypatch.setattr(
+        huggingface_hub, "try_to_load_from_cache", lambda r, n: asked.append((r, n))
+    )
+    assert openclip._cached_tag_file({"hf_hub": "org/repo/w.bin"}) is None
+    assert asked[0] == ("org/repo", "w.bin")
