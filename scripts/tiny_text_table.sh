@@ -4,8 +4,8 @@
 # the methods that apply to language models, with their published defaults, on the offline tiny text benchmark — the grids
 # config/experiment/tiny_{flan-t5_glue,flan-t5_glue_lora,gpt2_glue}.yaml (about 40 minutes each
 # on 2 idle CPU cores, most of it in AdaMerging and WEMoE). simple_ensemble (no text generation)
-# and the Concrete methods are not in these grids; Twin-Merging is in the GPT-2 grid
-# (glue/twin_merging), the T5 pools refuse it. The grids resume: complete cells are
+# and the Concrete methods are not in these grids; Twin-Merging is in the T5-full and GPT-2 grids
+# (glue/twin_merging: router trained on the train splits). The grids resume: complete cells are
 # skipped, failed or interrupted ones re-run; a failed cell does not stop the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -219,13 +219,13 @@ class TwinMerging(BaseMethod):
                 if isinstance(m, nn.MultiheadAttention)
             }
             kinds.update({n: "linear" for n in pool.linear_names(model) if n not in excluded})
+        embeddings = set(pool.embedding_names(model)) if "embedding" in self.route else set()
         for n, m in model.named_modules():
             if "conv" in self.route and isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
                 if m.groups == 1:
                     kinds[n] = "conv"
-            elif "embedding" in self.route and isinstance(m, nn.Embedding):
-                if m.max_norm is None:
-                    kinds[n] = "embedding"
+            elif n in embeddings and isinstance(m, nn.Embedding) and m.max_norm is None:
+                kinds[n] = "embedding"
         order = [n for n, _ in model.named_modules()]
         return {n: kinds[n] for n in order if n in kinds and n}
 

@@ -138,6 +138,14 @@ class BaseModelPool:
 
         return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
 
+    def embedding_names(self, model: nn.Module) -> list[str]:
+        """Qualified names of the ``nn.Embedding`` layers of ``model`` that are called on
+        per-sample inputs (``[batch, ...]``), which per-input routing (Twin-Merging) may route.
+        Default: every ``nn.Embedding``."""
+        from torch import nn
+
+        return [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+
     # -- validation --------------------------------------------------------------------------
     def validate(self) -> None:
         """Check all models against the first: same keys, shapes, dtypes; finite values.

@@ -365,13 +365,17 @@ class Seq2SeqLMPool(BaseModelPool):
             decoder_attention_mask=decoder_mask,
         ).logits
 
+    def embedding_names(self, model: nn.Module) -> list[str]:
+        """None: T5's token embedding is one module reached under several names (``shared``,
+        ``encoder.embed_tokens``, ``decoder.embed_tokens``), so replacing it under one name would
+        not reach the others, and its relative-position biases are indexed by position pairs,
+        not by sample. Embeddings stay at their merged values."""
+        return []
+
     def backbone_call(self, model, inputs):
-        """Not available: a text-to-text model is evaluated by generation, which a per-input
-        routed model (twin_merging) does not implement."""
-        raise FusionBenchError(
-            f"{type(self).__name__}: per-input routing through generation is not implemented, "
-            "so twin_merging cannot run on text-to-text pools; use a CLIP or GPT-2 pool"
-        )
+        """The model on the prompts of ``[B, 2|4, L]`` inputs (token ids, attention mask[,
+        target ids, target mask]); a per-input router reads the encoder's side of it."""
+        return model(input_ids=inputs[:, 0], attention_mask=inputs[:, 1])
 
     def mlp_names(self, model: nn.Module) -> list[str]:
         """The feed-forward block of every encoder and decoder layer."""

@@ -326,10 +326,27 @@ class TwinMergingModel(nn.Module):
 
     @torch.no_grad()
     def features(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The shared model's features of the input (no routing, no gradient)."""
+        """The shared model's features of the input (no routing, no gradient); for an
+        encoder-decoder model, of its encoder (the input, not the answer being decoded)."""
         with routing(None):
-            output = self.backbone(*args, **kwargs)
+            output = self._input_encoder()(*args, **kwargs)
             return extract_features(output, self.feature, kwargs.get("attention_mask"))
+
+    def _input_encoder(self) -> nn.Module:
+        config = getattr(self.backbone, "config", None)
+        if getattr(config, "is_encoder_decoder", False):
+            return self.backbone.get_encoder()
+        return self.backbone
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw):
+        """The backbone's ``generate`` with every routed layer routed for the whole decoding by
+        the weights of each row's input (rows keep their order in greedy / sampled decoding)."""
+        if not hasattr(self.backbone, "generate"):
+            raise FusionBenchError(f"{type(self.backbone).__name__} cannot generate text")
+        mask = {} if attention_mask is None else {"attention_mask": attention_mask}
+        weights = self.routing_weights(input_ids=input_ids, **mask)
+        with routing(weights):
+            return self.backbone.generate(input_ids=input_ids, **mask, **kw)
 
     def routing_weights(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """``softmax(router(features))`` over tasks, ``[B, T]`` in float32."""

@@ -107,7 +107,7 @@ def test_method_runs_on_text_pools(request, family, method):
     assert changed  # the experts made a difference
 
 
-def test_twin_merging_routes_gpt2_inputs_and_t5_pools_refuse_it(pools, gpt2_pools):
+def test_twin_merging_routes_gpt2_and_t5_inputs(pools, gpt2_pools):
     from fusion_bench.errors import FusionBenchError
     from fusion_bench.models.twin_moe import TwinMergingModel
 
@@ -125,6 +125,15 @@ def test_twin_merging_routes_gpt2_inputs_and_t5_pools_refuse_it(pools, gpt2_pool
     torch.testing.assert_close(weights.sum(-1), torch.ones(2))
     out = taskpool.evaluate(fused)
     assert all(0.0 <= m["accuracy"] <= 1.0 for m in out.values())
-    t5_pool, _ = pools
-    with pytest.raises(FusionBenchError, match="twin_merging cannot run on text-to-text pools"):
-        instantiate(cfg).run(t5_pool)
+    t5_pool, t5_taskpool = pools
+    twin = instantiate(cfg).run(t5_pool)
+    assert isinstance(twin, TwinMergingModel)
+    ids = torch.tensor([[5, 6, 7, 1], [5, 6, 1, 0]])
+    mask = (ids != 0).long()
+    weights = twin.routing_weights(input_ids=ids, attention_mask=mask)
+    assert weights.shape == (2, len(TASKS))
+    assert t5_pool.embedding_names(twin.backbone) == []  # embeddings stay merged on T5
+    out = t5_taskpool.evaluate(twin)  # generate routes each decoding step by the input's weights
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in out.values())
+    with pytest.raises(FusionBenchError, match="cannot generate text"):
+        instantiate(cfg).run(pool).generate(ids)
