@@ -14,6 +14,12 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests marked `first` (the default tiny-benchmark build, ~5 minutes) start before all others,
+    # so that with `-n 2 --dist worksteal` the other worker runs the rest alongside them.
+    items.sort(key=lambda item: item.get_closest_marker("first") is None)
+
+
 @pytest.fixture
 def tiny_clip_dirs(tmp_path):
     """A tiny random CLIP (full model) and three vision experts saved with save_pretrained.

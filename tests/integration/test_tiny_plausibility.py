@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.first]
 
 
 def _report(cli, *args):

@@ -62,7 +62,7 @@ def target_texts() -> list[str]:
 
 def vocabulary_texts() -> list[str]:
     """Texts whose words make up the vocabulary: templates, targets and the data lexicon."""
-    from fusion_bench.tinybench.text.data import lexicon
+    from fusion_bench.tinybench.text.lexicon import lexicon
 
     return template_texts() + target_texts() + [" ".join(lexicon())]
 
