@@ -11,6 +11,7 @@ from typing import Any
 
 from fusion_bench.errors import FusionBenchError
 from fusion_bench.report import Report, average_metrics, completed_report, config_key
+from fusion_bench.utils.hub import tiny_builds
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def run(
     out = Path(output_dir) if output_dir is not None else None
     timings: dict[str, float] = {}
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    key = config_key(resolved)
+    key = config_key(resolved, tiny_builds(resolved))
     if out is not None:
         done = _resume(out, cfg, key)
         if done is not None:

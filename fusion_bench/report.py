@@ -42,17 +42,22 @@ _KEY_EXCLUDED = frozenset({"skip_completed", "objective"})
 from it: ``objective``), not what it computes."""
 
 
-def config_key(resolved: dict[str, Any]) -> str:
-    """SHA-256 of the resolved config (canonical JSON, without :data:`_KEY_EXCLUDED` keys).
+def config_key(resolved: dict[str, Any], builds: list[str] | None = None) -> str:
+    """SHA-256 of the resolved config (canonical JSON, without :data:`_KEY_EXCLUDED` keys) and of
+    the identities of the tiny builds it uses (``builds``, see
+    :func:`fusion_bench.utils.hub.tiny_builds`).
 
     It identifies what a grid cell computes: a cell is skipped when its report carries the
-    same key, and re-run when the config changed (e.g. an edited method default). Package
-    versions are recorded in the report but are not part of the key.
+    same key, and re-run when the config changed (e.g. an edited method default) or a tiny
+    benchmark it reads was rebuilt with a new recipe version. Package versions are recorded in
+    the report but are not part of the key.
     """
     import hashlib
     import json
 
     kept = {k: v for k, v in resolved.items() if k not in _KEY_EXCLUDED}
+    if builds:
+        kept = {**kept, "__tiny_builds__": list(builds)}
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -35,6 +35,37 @@ def test_config_key_ignores_scheduling_and_order_only():
     assert len(config_key(a)) == 64
 
 
+def test_config_key_changes_with_the_tiny_builds_the_config_reads(monkeypatch):
+    import dataclasses
+
+    import fusion_bench.tinybench as tiny_clip
+    import fusion_bench.tinybench.openclip as tiny_openclip
+    from fusion_bench.utils.hub import tiny_builds
+
+    cfg = {
+        "modelpool": {"models": {"_pretrained_": "tiny://smoke/pretrained", "a": "/x"}},
+        "taskpool": {"tasks": [{"path": "tiny-openclip://default/datasets/a"}]},
+        "seed": 0,
+    }
+    before = tiny_builds(cfg)
+    v = tiny_clip.BUILD_VERSION
+    assert before == [f"tiny_clip/smoke-v{v}", f"tiny_openclip/default-v1+tiny_clip-v{v}"]
+    assert tiny_builds({"modelpool": {"models": {"a": "/x"}}}) == []
+    # A new recipe version of the CLIP build changes its identity and that of its conversion.
+    bumped = dataclasses.replace(tiny_clip.BENCHMARK, version=v + 1)
+    monkeypatch.setattr(tiny_clip, "BENCHMARK", bumped)
+    monkeypatch.setattr(
+        tiny_openclip,
+        "BENCHMARK",
+        dataclasses.replace(tiny_openclip.BENCHMARK, sources={"tiny_clip": v + 1}),
+    )
+    after = tiny_builds(cfg)
+    assert after == [f"tiny_clip/smoke-v{v + 1}", f"tiny_openclip/default-v1+tiny_clip-v{v + 1}"]
+    assert config_key(cfg, before) != config_key(cfg, after)
+    assert config_key(cfg, before) == config_key(cfg, list(before))
+    assert config_key(cfg) != config_key(cfg, before)
+
+
 def test_completed_report_needs_status_and_same_key(tmp_path):
     path = tmp_path / "report.json"
     assert completed_report(path, "k") is None  # missing

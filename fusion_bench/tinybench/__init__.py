@@ -23,7 +23,7 @@ from pathlib import Path
 
 from fusion_bench.tinybench._cache import TinyBenchmark
 
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 """Bump whenever the recipe (data, model, training) changes, so old caches are not reused."""
 
 TASKS = ("digits", "scenes", "textures", "shapes", "stripes", "colors", "signs", "numerals")
@@ -54,8 +54,12 @@ class Profile:
     caption_noise: float
     """Fraction of pretraining captions naming a random class of the same task."""
     confused_fraction: float
-    """Fraction of each task's classes whose pretraining captions systematically name another
-    class of the task (see :func:`~fusion_bench.tinybench.train.confused_captions`)."""
+    """Fraction of each task's classes whose pretraining captions often name another class of
+    the task (see :func:`~fusion_bench.tinybench.train.confused_captions`)."""
+    confusion_rate: float
+    """Probability that a pretraining caption of a confused class names the other class (else
+    its own): above 0.5 the zero-shot head prefers the wrong class, by a margin that shrinks as
+    the rate nears 0.5."""
     finetune_steps: int
     finetune_batch: int
     finetune_lr: float
@@ -78,7 +82,8 @@ PROFILES: dict[str, Profile] = {
         pretrain_batch=256,
         pretrain_lr=2e-3,
         caption_noise=0.0,
-        confused_fraction=0.3,
+        confused_fraction=0.5,
+        confusion_rate=0.6,
         finetune_steps=300,
         finetune_batch=64,
         finetune_lr=3e-3,
@@ -99,6 +104,7 @@ PROFILES: dict[str, Profile] = {
         pretrain_lr=3e-3,
         caption_noise=0.0,
         confused_fraction=0.3,
+        confusion_rate=0.6,
         finetune_steps=40,
         finetune_batch=64,
         finetune_lr=2e-3,

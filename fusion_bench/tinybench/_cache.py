@@ -7,7 +7,7 @@ import importlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,14 @@ class TinyBenchmark:
     profiles: Mapping[str, Any]
     needed: Callable[[Path], list[Path]]
     builder: str
+    sources: Mapping[str, int] = field(default_factory=dict)
+    """Other builds this one is made from (name -> version), e.g. a conversion's source."""
+
+    def identity(self, profile: str) -> str:
+        """What a build of ``profile`` is made of: name, profile and recipe versions (its own and
+        its sources'). Reports key their configs with it, so bumping a version re-runs grids."""
+        deps = "".join(f"+{n}-v{v}" for n, v in sorted(self.sources.items()))
+        return f"{self.name}/{profile}-v{self.version}{deps}"
 
     def profile(self, profile: str) -> Any:
         """The parameters of ``profile``.

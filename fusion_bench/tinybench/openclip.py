@@ -435,6 +435,7 @@ BENCHMARK = TinyBenchmark(
     profiles=PROFILES,
     needed=_needed,
     builder="fusion_bench.tinybench.openclip",
+    sources={"tiny_clip": SOURCE_VERSION},
 )
 """The cache layout and builder; the functions below are its methods."""
 

@@ -19,7 +19,7 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from fusion_bench.errors import FusionBenchError
@@ -32,6 +32,28 @@ TINY_BENCHMARKS = {
     "tiny-text://": "fusion_bench.tinybench.text",
     "tiny-openclip://": "fusion_bench.tinybench.openclip",
 }
+
+
+def tiny_builds(config: Any) -> list[str]:
+    """Identities of the tiny builds that the locations in ``config`` (nested dicts / lists of
+    a resolved config) refer to, sorted: benchmark, profile and recipe versions (see
+    :meth:`~fusion_bench.tinybench._cache.TinyBenchmark.identity`). Builds nothing."""
+    import importlib
+
+    found: set[str] = set()
+    stack = [config]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, list | tuple):
+            stack.extend(x)
+        elif isinstance(x, str):
+            scheme = next((s for s in TINY_BENCHMARKS if x.startswith(s)), None)
+            if scheme is not None:
+                bench = importlib.import_module(TINY_BENCHMARKS[scheme]).BENCHMARK
+                found.add(bench.identity(x[len(scheme) :].partition("/")[0] or "default"))
+    return sorted(found)
 
 
 def resolve_location(location: str) -> tuple[str, bool]:

@@ -1,14 +1,14 @@
-"""On the default tiny benchmark, results have the shape the field reports, where it holds.
+"""On the default tiny benchmark, results have the shape the field reports.
 
 * every expert beats the pretrained model on its own task by a wide margin (>= 15 points);
-* weight merges stay far below the experts (no merge recovers single-task accuracy);
-* weight merges keep most of the pretrained model's accuracy (within 5 points): a broken merge
-  (wrong keys, wrong scale, lost pretrained weights) falls towards chance and fails here.
+* the data-free merges of the foundation issue land strictly between the pretrained model's
+  average and the experts' average: above the pretrained model (a broken merge -- wrong keys,
+  wrong scale, lost pretrained weights -- falls below it) and well below the experts (no merge
+  recovers single-task accuracy).
 
-Not asserted, because the tiny benchmark does not reproduce it robustly: merged models clearly
-*above* the pretrained model. Measured on the default build (seed 0): pretrained 61.3%, simple
-average 62.1%, task arithmetic (lambda 0.3) 60.0%, experts 86.5%; the tiny ViT's task vectors
-interfere more than CLIP ViT-B/32's. See the README's tiny-benchmark section.
+Measured on the default build (version 3, seed 0), test split: pretrained 54.9%, simple average
+62.4%, task arithmetic (lambda 0.3) 65.2%, experts 84.5% (results/clip-vit-tiny_TA8.md has
+every method).
 """
 
 import json
@@ -17,22 +17,21 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.first]
 
-
-def _report(cli, *args):
-    cli(*args)
-    paths = sorted((cli.cwd / "outputs").rglob("report.json"), key=lambda p: p.stat().st_mtime)
-    return json.loads(paths[-1].read_text())
+MERGES = ("simple_average", "task_arithmetic", "ties_merging", "dare_task_arithmetic")
 
 
 def test_tiny_benchmark_results_are_plausible(cli):
-    pre = _report(cli, "method=dummy")
-    stl = _report(cli, "method=individual")
-    ta = _report(cli, "method=task_arithmetic")
-    avg = _report(cli, "method=simple_average")
+    methods = ("dummy", "individual", *MERGES)
+    cli("-m", f"method={','.join(methods)}", "hydra.sweep.dir=sweep")
+    reports = {}
+    for path in (cli.cwd / "sweep").rglob("report.json"):
+        reports[path.parent.name.removeprefix("method=")] = json.loads(path.read_text())
+    assert len(reports) == len(methods), sorted(reports)
+    pre, stl = reports.pop("dummy"), reports.pop("individual")
     for task, m in stl["metrics"].items():
         gain = m["accuracy"] - pre["metrics"][task]["accuracy"]
         assert gain >= 0.15, f"expert '{task}' beats the pretrained model by only {gain:.3f}"
     lo, hi = pre["average"]["accuracy"], stl["average"]["accuracy"]
-    for merged in (ta, avg):
+    for name, merged in reports.items():
         acc = merged["average"]["accuracy"]
-        assert lo - 0.05 <= acc <= hi - 0.15, (lo, acc, hi)
+        assert lo < acc < hi - 0.1, (name, lo, acc, hi)
