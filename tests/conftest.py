@@ -12,20 +12,6 @@ def pytest_configure(config: pytest.Config) -> None:
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ[var] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Under pytest-xdist the workers split the cores: each worker, and every process it starts
-    # (the CLI runs inherit the environment), gets cores / workers threads. Oversubscribed
-    # OpenMP threads spin against each other and slow small-model runs several-fold.
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if workers:
-        threads = str(max(1, (os.cpu_count() or 1) // int(workers)))
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, threads)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Tests marked `first` (the default tiny-benchmark build, ~5 minutes) start before all others,
-    # so that with `-n 2 --dist worksteal` the other worker runs the rest alongside them.
-    items.sort(key=lambda item: item.get_closest_marker("first") is None)
 
 
 @pytest.fixture

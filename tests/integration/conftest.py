@@ -9,18 +9,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    """The tiny-benchmark cache: $FUSION_BENCH_CACHE if set (CI, reruns), else a temp dir shared
-    by the pytest-xdist workers of this run (builds are locked, so one worker builds and the
-    others wait for it)."""
+    """The tiny-benchmark cache: $FUSION_BENCH_CACHE if set (CI, reruns), else a temp dir."""
     env = os.environ.get("FUSION_BENCH_CACHE")
-    if env:
-        return Path(env)
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # the run's directory, above the per-worker ones
-    path = base / "fb_cache"
-    path.mkdir(exist_ok=True)
-    return path
+    return Path(env) if env else tmp_path_factory.mktemp("fb_cache")
 
 
 @pytest.fixture

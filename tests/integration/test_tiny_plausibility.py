@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.first]
+pytestmark = pytest.mark.integration
 
 MERGES = ("simple_average", "task_arithmetic", "ties_merging", "dare_task_arithmetic")
 
