@@ -34,12 +34,21 @@ TINY_BENCHMARKS = {
 }
 
 
+def _tiny_location(location: str) -> tuple[Any, str, str] | None:
+    """``(benchmark module, profile, relative path)`` of a ``tiny*://`` location, else None."""
+    scheme = next((s for s in TINY_BENCHMARKS if location.startswith(s)), None)
+    if scheme is None:
+        return None
+    import importlib
+
+    profile, _, rel = location[len(scheme) :].partition("/")
+    return importlib.import_module(TINY_BENCHMARKS[scheme]), profile or "default", rel
+
+
 def tiny_builds(config: Any) -> list[str]:
     """Identities of the tiny builds that the locations in ``config`` (nested dicts / lists of
     a resolved config) refer to, sorted: benchmark, profile and recipe versions (see
     :meth:`~fusion_bench.tinybench._cache.TinyBenchmark.identity`). Builds nothing."""
-    import importlib
-
     found: set[str] = set()
     stack = [config]
     while stack:
@@ -48,11 +57,9 @@ def tiny_builds(config: Any) -> list[str]:
             stack.extend(x.values())
         elif isinstance(x, list | tuple):
             stack.extend(x)
-        elif isinstance(x, str):
-            scheme = next((s for s in TINY_BENCHMARKS if x.startswith(s)), None)
-            if scheme is not None:
-                bench = importlib.import_module(TINY_BENCHMARKS[scheme]).BENCHMARK
-                found.add(bench.identity(x[len(scheme) :].partition("/")[0] or "default"))
+        elif isinstance(x, str) and (tiny := _tiny_location(x)) is not None:
+            module, profile, _ = tiny
+            found.add(module.BENCHMARK.identity(profile))
     return sorted(found)
 
 
@@ -63,13 +70,10 @@ def resolve_location(location: str) -> tuple[str, bool]:
         FusionBenchError: a path-like location that does not exist.
     """
     location = str(location)
-    scheme = next((s for s in TINY_BENCHMARKS if location.startswith(s)), None)
-    if scheme is not None:
-        import importlib
-
-        ensure_built = importlib.import_module(TINY_BENCHMARKS[scheme]).ensure_built
-        profile, _, rel = location[len(scheme) :].partition("/")
-        root = ensure_built(profile or "default")
+    tiny = _tiny_location(location)
+    if tiny is not None:
+        module, profile, rel = tiny
+        root = module.ensure_built(profile)
         path = root / rel
         if not path.exists():
             raise FusionBenchError(
